@@ -1,0 +1,30 @@
+"""Project command line: ``kedro run`` picks the runner named for the environment, and project commands.
+
+Kedro finds this module before its built-in commands, so ``kedro run`` here is the built-in run command with
+one change: when ``--runner`` is not given, the environment's default runner (``DEFAULT_RUNNERS``) is used.
+"""
+
+import os
+from typing import Any
+
+import click
+from kedro.framework.cli.project import run as kedro_run
+
+DEFAULT_RUNNERS: dict[str, str] = {}
+"""Environment name -> import path of the runner ``kedro run --env <name>`` uses when ``--runner`` is absent."""
+
+
+@click.group(name="capacity_forecaster")
+def cli() -> None:
+    """Capacity Forecaster project commands."""
+
+
+def _run(**kwargs: Any) -> Any:
+    env = kwargs.get("env") or os.getenv("KEDRO_ENV")
+    if not kwargs.get("runner"):
+        kwargs["runner"] = DEFAULT_RUNNERS.get(env or "")
+    return kedro_run.callback(**kwargs)
+
+
+run = click.Command(name="run", params=list(kedro_run.params), callback=_run, help=kedro_run.help)
+cli.add_command(run)
