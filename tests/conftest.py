@@ -42,3 +42,42 @@ def kedro_session(data_root: Path) -> Iterator[Callable[..., KedroSession]]:
     yield make
     for session in sessions:
         session.close()
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint() -> Iterator[str]:
+    """Starts one moto server (real HTTP S3, SageMaker, IAM and CloudWatch Logs APIs) on 127.0.0.1."""
+    import logging
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def aws(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A clean moto account for one test: fake credentials, endpoint and region in the environment.
+
+    Yields the endpoint URL. Everything created in moto is wiped after the test.
+    """
+    import requests
+    import s3fs
+
+    for name, value in {
+        "AWS_ENDPOINT_URL": moto_endpoint,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_REGION": "us-east-1",
+    }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    s3fs.S3FileSystem.clear_instance_cache()
+    yield moto_endpoint
+    requests.post(f"{moto_endpoint}/moto-api/reset", timeout=10)
+    s3fs.S3FileSystem.clear_instance_cache()

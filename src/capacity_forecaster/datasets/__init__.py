@@ -1,0 +1,1 @@
+"""Project datasets for the catalog (``type: capacity_forecaster.datasets.<Class>``)."""
