@@ -1,0 +1,406 @@
+"""Global tree forecasters trained on direct multi-horizon features (one model across many series).
+
+Every training row is a triple (series, origin ``T``, step ``h``) and its target is ``y[T + h]`` minus the
+series' 28-day mean at the origin. Features use only values at or before the origin (the origin's level,
+trend and volatility, the weekday and last-year values at or before ``T``, the past month-end and
+end-of-quarter uplift) plus the target date's calendar and ``h`` itself, so a 90-day forecast never sees a
+value the forecaster could not have seen at its origin.
+"""
+
+import numpy as np
+import pandas as pd
+from sklearn.ensemble import GradientBoostingRegressor, HistGradientBoostingRegressor, RandomForestRegressor
+from sklearn.utils.validation import check_is_fitted
+from threadpoolctl import threadpool_limits
+
+from capacity_forecaster.calendar import calendar_features
+from capacity_forecaster.models.base import BaseForecaster, check_long_frame, finalise_quantiles, future_dates
+
+FEATURES: tuple[str, ...] = (
+    "h", "level", "last", "mean_7", "std_28", "trend_28", "trend_91", "seasonal_naive", "weekday_profile",
+    "year_ago", "has_year_ago", "quarter_end_uplift", "month_end_uplift", "day_of_week", "month",
+    "day_of_month", "is_month_end", "is_end_of_quarter", "days_to_quarter_end", "is_holiday",
+)  # fmt: skip
+"""Columns of the direct design matrix, in order."""
+
+_HORIZON_BUCKETS = np.array([7, 14, 28, 56])  # residual quantiles of RF/GB are kept per bucket of h
+
+
+class _Panel:
+    """Series on one daily axis: ``values[i, t]`` (NaN outside a series' span) plus windowed statistics."""
+
+    def __init__(self, frame: pd.DataFrame, horizon: int, calendar: dict):
+        self.ids = np.asarray(sorted(frame["unique_id"].unique()))
+        start, end = frame["ds"].min(), frame["ds"].max()
+        self.dates = pd.date_range(start, end + pd.Timedelta(days=horizon), freq="D")
+        rows = np.searchsorted(self.ids, frame["unique_id"].to_numpy())
+        cols = ((frame["ds"] - start) // pd.Timedelta(days=1)).to_numpy()
+        self.values = np.full((len(self.ids), len(self.dates)), np.nan)
+        self.values[rows, cols] = frame["y"].to_numpy()
+        self.first = np.full(len(self.ids), len(self.dates))
+        np.minimum.at(self.first, rows, cols)
+        self.last = np.zeros(len(self.ids), dtype=int)
+        np.maximum.at(self.last, rows, cols)
+        self.calendar = calendar_features(self.dates, **calendar)
+        observed = ~np.isnan(self.values)
+        filled = np.where(observed, self.values, 0.0)
+        zero = np.zeros((len(self.ids), 1))
+        self._sum = np.hstack([zero, np.cumsum(filled, axis=1)])
+        self._sq = np.hstack([zero, np.cumsum(filled**2, axis=1)])
+        self._count = np.hstack([zero, np.cumsum(observed, axis=1)])
+        uplift_windows = {}
+        for name, column in (
+            ("quarter_end_uplift", "is_end_of_quarter"),
+            ("month_end_uplift", "is_month_end"),
+        ):
+            mask = self.calendar[column].to_numpy()
+            uplift_windows[name] = tuple(
+                np.hstack([zero, np.cumsum(np.where(observed & m, filled, 0.0), axis=1)])
+                for m in (mask, ~mask)
+            ) + tuple(np.hstack([zero, np.cumsum(observed & m, axis=1)]) for m in (mask, ~mask))
+        self._uplift = uplift_windows
+        weekday_sum, weekday_count = np.zeros_like(filled), np.zeros_like(filled)
+        for weeks in range(8):
+            lag = 7 * weeks
+            weekday_sum[:, lag:] += filled[:, : filled.shape[1] - lag]
+            weekday_count[:, lag:] += observed[:, : filled.shape[1] - lag]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            self.weekday_mean = weekday_sum / weekday_count  # mean of the same weekday over 8 weeks up to t
+
+    @staticmethod
+    def _window(cum: np.ndarray, rows: np.ndarray, end: np.ndarray, days: int) -> np.ndarray:
+        """Sum of ``days`` values up to column ``end`` inclusive, from a zero-prefixed cumulative array."""
+        hi = np.clip(end + 1, 0, cum.shape[1] - 1)
+        lo = np.clip(end + 1 - days, 0, cum.shape[1] - 1)
+        return cum[rows, hi] - cum[rows, lo]
+
+    def mean(self, rows: np.ndarray, end: np.ndarray, days: int) -> np.ndarray:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return self._window(self._sum, rows, end, days) / self._window(self._count, rows, end, days)
+
+    def std(self, rows: np.ndarray, end: np.ndarray, days: int) -> np.ndarray:
+        n = self._window(self._count, rows, end, days)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = self._window(self._sum, rows, end, days) / n
+            return np.sqrt(np.maximum(self._window(self._sq, rows, end, days) / n - mean**2, 0.0))
+
+    def uplift(self, name: str, rows: np.ndarray, end: np.ndarray, days: int = 364) -> np.ndarray:
+        in_sum, out_sum, in_count, out_count = self._uplift[name]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return self._window(in_sum, rows, end, days) / self._window(in_count, rows, end, days) - (
+                self._window(out_sum, rows, end, days) / self._window(out_count, rows, end, days)
+            )
+
+    def value(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        ok = cols >= 0
+        return np.where(ok, self.values[rows, np.clip(cols, 0, None)], np.nan)
+
+    def design(
+        self, rows: np.ndarray, origins: np.ndarray, steps: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Builds the feature matrix for (series, origin column, step) triples; returns ``(X, level)``."""
+        target = origins + steps
+        seasons = -(-steps // 7)
+        level = self.mean(rows, origins, 28)
+        year_ago = self.value(rows, target - 364) - self.mean(rows, origins - 364, 28)
+        cal = self.calendar.iloc[target]
+        columns = {
+            "h": steps,
+            "level": level,
+            "last": self.value(rows, origins) - level,
+            "mean_7": self.mean(rows, origins, 7) - level,
+            "std_28": self.std(rows, origins, 28),
+            "trend_28": level - self.mean(rows, origins - 28, 28),
+            "trend_91": self.mean(rows, origins, 91) - self.mean(rows, origins - 91, 91),
+            "seasonal_naive": self.value(rows, target - 7 * seasons) - level,
+            "weekday_profile": self.weekday_mean[rows, target - 7 * seasons] - self.mean(rows, origins, 56),
+            "year_ago": year_ago,
+            "has_year_ago": (~np.isnan(year_ago)).astype(float),
+            "quarter_end_uplift": self.uplift("quarter_end_uplift", rows, origins),
+            "month_end_uplift": self.uplift("month_end_uplift", rows, origins),
+            "day_of_week": cal["day_of_week"].to_numpy(),
+            "month": cal["month"].to_numpy(),
+            "day_of_month": cal["date"].dt.day.to_numpy(),
+            "is_month_end": cal["is_month_end"].to_numpy(),
+            "is_end_of_quarter": cal["is_end_of_quarter"].to_numpy(),
+            "days_to_quarter_end": cal["days_to_quarter_end"].to_numpy(),
+            "is_holiday": cal["is_holiday"].to_numpy(),
+        }
+        X = np.column_stack([np.asarray(columns[name], dtype="float64") for name in FEATURES])
+        return np.nan_to_num(X, nan=0.0), level
+
+
+class _DirectForecaster(BaseForecaster):
+    """Shared fit/predict of the global direct forecasters; subclasses build the estimators."""
+
+    def _calendar(self) -> dict:
+        return {
+            "country": self.country,
+            "month_end_business_days": self.month_end_business_days,
+            "quarter_end_business_days": self.quarter_end_business_days,
+        }
+
+    def _training_rows(self, panel: _Panel, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+        """Samples (series, origin, step) triples with an observed target day."""
+        n = self.max_train_rows * 2  # oversample, then drop rows without a target
+        rows = rng.integers(0, len(panel.ids), n)
+        steps = rng.integers(1, self.horizon + 1, n)
+        lo = np.maximum(panel.first[rows] + 27, panel.last[rows] - self.train_window_days)
+        hi = panel.last[rows] - steps
+        ok = hi >= lo
+        rows, steps, lo, hi = rows[ok], steps[ok], lo[ok], hi[ok]
+        origins = lo + np.floor(rng.random(len(rows)) * (hi - lo + 1)).astype(int)
+        target = panel.values[rows, origins + steps]
+        ok = ~np.isnan(target)
+        keep = np.flatnonzero(ok)[: self.max_train_rows]
+        if len(keep) == 0:
+            raise ValueError(
+                f"no training rows: every series needs more than 28 + horizon ({self.horizon}) days"
+            )
+        return rows[keep], origins[keep], steps[keep], target[keep]
+
+    def fit(self, df: pd.DataFrame) -> "_DirectForecaster":
+        """Fits the global model on direct multi-horizon rows sampled from every series in ``df``."""
+        frame = check_long_frame(df)
+        needed = pd.Timedelta(days=self.train_window_days + 400)  # features look back at most 364 + 28 days
+        frame = frame[frame["ds"] > frame.groupby("unique_id")["ds"].transform("max") - needed]
+        panel = _Panel(frame, self.horizon, self._calendar())
+        rng = np.random.default_rng(self.random_state)
+        rows, origins, steps, target = self._training_rows(panel, rng)
+        X, level = panel.design(rows, origins, steps)
+        self._fit_estimators(X, target - level, steps, rng)
+        self.last_dates_ = frame.groupby("unique_id", sort=True)["ds"].max()
+        self.origin_features_ = self._origin_state(panel)
+        return self
+
+    def _origin_state(self, panel: _Panel) -> dict:
+        """Keeps the design rows of each series' last day for every step, so predict needs no history."""
+        steps = np.tile(np.arange(1, self.horizon + 1), len(panel.ids))
+        rows = np.repeat(np.arange(len(panel.ids)), self.horizon)
+        X, level = panel.design(rows, panel.last[rows], steps)
+        return {"X": X.astype("float32"), "level": level}
+
+    def predict(self, h: int) -> pd.DataFrame:
+        """Returns ``unique_id, ds, p10, p50, p90`` for the ``h`` days after each series' last day."""
+        check_is_fitted(self)
+        if h > self.horizon:
+            raise ValueError(f"h={h} is beyond the horizon the model was trained for ({self.horizon})")
+        out = future_dates(self.last_dates_, h)
+        take = (np.arange(len(self.last_dates_))[:, None] * self.horizon + np.arange(h)[None, :]).ravel()
+        X = self.origin_features_["X"][take].astype("float64")
+        level = self.origin_features_["level"][take]
+        p10, p50, p90 = self._predict_quantiles(X, X[:, 0].astype(int))
+        out["p10"], out["p50"], out["p90"] = level + p10, level + p50, level + p90
+        return finalise_quantiles(out.drop(columns="step"))
+
+
+class _PointForecaster(_DirectForecaster):
+    """A point regressor whose p10/p90 are volatility-scaled residual quantiles from held-out rows."""
+
+    def _make_estimator(self):  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def _fit_estimators(
+        self, X: np.ndarray, y: np.ndarray, steps: np.ndarray, rng: np.random.Generator
+    ) -> None:
+        held_out = rng.random(len(y)) < self.calibration_share
+        self.estimator_ = self._make_estimator().fit(X[~held_out], y[~held_out])
+        scale = np.maximum(X[held_out, FEATURES.index("std_28")], 0.5)
+        residual = (y[held_out] - self.estimator_.predict(X[held_out])) / scale
+        bucket = np.searchsorted(_HORIZON_BUCKETS, steps[held_out])
+        overall = np.quantile(residual, [0.1, 0.9]) if len(residual) else np.zeros(2)
+        self.residual_quantiles_ = np.array(
+            [
+                np.quantile(residual[bucket == b], [0.1, 0.9]) if (bucket == b).sum() >= 20 else overall
+                for b in range(len(_HORIZON_BUCKETS) + 1)
+            ]
+        )
+
+    def _predict_quantiles(self, X: np.ndarray, steps: np.ndarray) -> tuple[np.ndarray, ...]:
+        point = self.estimator_.predict(X)
+        scale = np.maximum(X[:, FEATURES.index("std_28")], 0.5)
+        q = self.residual_quantiles_[np.searchsorted(_HORIZON_BUCKETS, steps)]
+        return point + q[:, 0] * scale, point, point + q[:, 1] * scale
+
+
+_DIRECT_DOC = """
+    Args:
+        horizon: Longest step ``h`` the model is trained for (``predict(h)`` needs ``h <= horizon``).
+        train_window_days: Origins are sampled from this many days before each series' last day.
+        max_train_rows: Training rows sampled (series, origin, step); caps the fit cost at any fleet size.
+        country: Holiday calendar (``params:calendar.country``).
+        month_end_business_days: Month-end window (``params:calendar.month_end_business_days``).
+        quarter_end_business_days: End-of-quarter window (``params:calendar.quarter_end_business_days``).
+        random_state: Seed of the row sampling and of the estimator.
+"""
+
+
+class RandomForestForecaster(_PointForecaster):
+    __doc__ = (
+        "Global random forest on direct features; p10/p90 from held-out residuals.\n"
+        + _DIRECT_DOC
+        + "        n_estimators, max_depth, min_samples_leaf, max_features, max_samples, n_jobs: forest.\n"
+        "        calibration_share: Share of sampled rows held out for the residual quantiles.\n"
+        "        alias: Model name in forecast tables.\n"
+    )
+
+    def __init__(
+        self,
+        *,
+        n_estimators: int = 200,
+        max_depth: int = 10,
+        min_samples_leaf: int = 5,
+        max_features: float = 0.5,
+        max_samples: float = 0.3,
+        n_jobs: int = 1,
+        horizon: int = 90,
+        train_window_days: int = 730,
+        max_train_rows: int = 40_000,
+        calibration_share: float = 0.2,
+        country: str = "US",
+        month_end_business_days: int = 2,
+        quarter_end_business_days: int = 5,
+        random_state: int = 0,
+        alias: str = "random_forest",
+    ):
+        self.n_estimators = n_estimators
+        self.max_depth = max_depth
+        self.min_samples_leaf = min_samples_leaf
+        self.max_features = max_features
+        self.max_samples = max_samples
+        self.n_jobs = n_jobs
+        self.horizon = horizon
+        self.train_window_days = train_window_days
+        self.max_train_rows = max_train_rows
+        self.calibration_share = calibration_share
+        self.country = country
+        self.month_end_business_days = month_end_business_days
+        self.quarter_end_business_days = quarter_end_business_days
+        self.random_state = random_state
+        self.alias = alias
+
+    def _make_estimator(self) -> RandomForestRegressor:
+        return RandomForestRegressor(
+            n_estimators=self.n_estimators,
+            max_depth=self.max_depth,
+            min_samples_leaf=self.min_samples_leaf,
+            max_features=self.max_features,
+            max_samples=self.max_samples,
+            n_jobs=self.n_jobs,
+            random_state=self.random_state,
+        )
+
+
+class GradientBoostingForecaster(_PointForecaster):
+    __doc__ = (
+        "Global gradient boosting (squared error) on direct features; p10/p90 from held-out residuals.\n"
+        + _DIRECT_DOC
+        + "        n_estimators, learning_rate, max_depth, subsample: of the boosting.\n"
+        "        calibration_share: Share of sampled rows held out for the residual quantiles.\n"
+        "        alias: Model name in forecast tables.\n"
+    )
+
+    def __init__(
+        self,
+        *,
+        n_estimators: int = 150,
+        learning_rate: float = 0.05,
+        max_depth: int = 3,
+        subsample: float = 0.8,
+        horizon: int = 90,
+        train_window_days: int = 730,
+        max_train_rows: int = 40_000,
+        calibration_share: float = 0.2,
+        country: str = "US",
+        month_end_business_days: int = 2,
+        quarter_end_business_days: int = 5,
+        random_state: int = 0,
+        alias: str = "gradient_boosting",
+    ):
+        self.n_estimators = n_estimators
+        self.learning_rate = learning_rate
+        self.max_depth = max_depth
+        self.subsample = subsample
+        self.horizon = horizon
+        self.train_window_days = train_window_days
+        self.max_train_rows = max_train_rows
+        self.calibration_share = calibration_share
+        self.country = country
+        self.month_end_business_days = month_end_business_days
+        self.quarter_end_business_days = quarter_end_business_days
+        self.random_state = random_state
+        self.alias = alias
+
+    def _make_estimator(self) -> GradientBoostingRegressor:
+        return GradientBoostingRegressor(
+            n_estimators=self.n_estimators,
+            learning_rate=self.learning_rate,
+            max_depth=self.max_depth,
+            subsample=self.subsample,
+            random_state=self.random_state,
+        )
+
+
+class QuantileGBMForecaster(_DirectForecaster):
+    __doc__ = (
+        "Global histogram gradient boosting with one quantile-loss model per p10/p50/p90 (the fast model).\n"
+        + _DIRECT_DOC
+        + "        max_iter, learning_rate, max_leaf_nodes, min_samples_leaf: of each quantile model.\n"
+        "        alias: Model name in forecast tables.\n"
+    )
+
+    def __init__(
+        self,
+        *,
+        max_iter: int = 100,
+        learning_rate: float = 0.1,
+        max_leaf_nodes: int = 31,
+        min_samples_leaf: int = 40,
+        n_threads: int = 1,
+        horizon: int = 90,
+        train_window_days: int = 730,
+        max_train_rows: int = 60_000,
+        country: str = "US",
+        month_end_business_days: int = 2,
+        quarter_end_business_days: int = 5,
+        random_state: int = 0,
+        alias: str = "quantile_gbm",
+    ):
+        self.max_iter = max_iter
+        self.learning_rate = learning_rate
+        self.max_leaf_nodes = max_leaf_nodes
+        self.min_samples_leaf = min_samples_leaf
+        self.n_threads = n_threads
+        self.horizon = horizon
+        self.train_window_days = train_window_days
+        self.max_train_rows = max_train_rows
+        self.country = country
+        self.month_end_business_days = month_end_business_days
+        self.quarter_end_business_days = quarter_end_business_days
+        self.random_state = random_state
+        self.alias = alias
+
+    def _fit_estimators(
+        self, X: np.ndarray, y: np.ndarray, steps: np.ndarray, rng: np.random.Generator
+    ) -> None:
+        with threadpool_limits(limits=self.n_threads, user_api="openmp"):
+            self._fit_quantiles(X, y)
+
+    def _fit_quantiles(self, X: np.ndarray, y: np.ndarray) -> None:
+        self.estimators_ = {
+            name: HistGradientBoostingRegressor(
+                loss="quantile",
+                quantile=q,
+                max_iter=self.max_iter,
+                learning_rate=self.learning_rate,
+                max_leaf_nodes=self.max_leaf_nodes,
+                min_samples_leaf=self.min_samples_leaf,
+                early_stopping=False,
+                random_state=self.random_state,
+            ).fit(X, y)
+            for name, q in (("p10", 0.1), ("p50", 0.5), ("p90", 0.9))
+        }
+
+    def _predict_quantiles(self, X: np.ndarray, steps: np.ndarray) -> tuple[np.ndarray, ...]:
+        with threadpool_limits(limits=self.n_threads, user_api="openmp"):
+            return tuple(self.estimators_[name].predict(X) for name in ("p10", "p50", "p90"))

@@ -1,0 +1,133 @@
+"""modelling pipeline: backtest/fit/predict per model (one namespace each), then scoring."""
+
+from kedro.pipeline import Node, Pipeline
+
+from .nodes import (
+    assemble_forecasts,
+    backtest_forecaster,
+    calibrate_intervals,
+    evaluate_backtests,
+    fit_forecaster,
+    predict_forecaster,
+    prepare_model_input,
+    rank_models,
+    select_models,
+)
+
+MODELS: tuple[str, ...] = ("seasonal_naive", "prophet", "random_forest", "gradient_boosting", "quantile_gbm")
+"""Model variants; each is a namespace, an alias and a key of parameters_modelling.yml."""
+
+_CALENDAR = {
+    "country": "params:calendar.country",
+    "month_end_business_days": "params:calendar.month_end_business_days",
+    "quarter_end_business_days": "params:calendar.quarter_end_business_days",
+}
+
+
+def _model_pipeline(model: str) -> Pipeline:
+    """backtest_forecaster -> fit_forecaster -> predict_forecaster for one model, in namespace ``model``."""
+    p = f"params:modelling.{model}."
+    spec = {
+        "model_input": "model_input",
+        "enabled": f"{p}enabled",
+        "kind": f"{p}kind",
+        "hyperparameters": f"{p}hyperparameters",
+        "horizon": "params:horizon",
+        **_CALENDAR,
+    }
+    return Pipeline(
+        [
+            Node(
+                func=backtest_forecaster,
+                inputs={
+                    **spec,
+                    "backtest_folds": f"{p}backtest_folds",
+                    "n_origins": "params:modelling.backtest.n_origins",
+                    "holdout_share": "params:modelling.backtest.holdout_share",
+                },
+                outputs=[f"{model}_backtest", f"{model}_backtest_stats"],
+                name="backtest_forecaster_node",
+            ),
+            Node(
+                func=fit_forecaster,
+                inputs=spec,
+                outputs=f"{model}_forecaster",
+                name="fit_forecaster_node",
+            ),
+            Node(
+                func=predict_forecaster,
+                inputs=[f"{model}_forecaster", "params:horizon"],
+                outputs=f"{model}_forecast",
+                name="predict_forecaster_node",
+            ),
+        ],
+        namespace=model,
+        prefix_datasets_with_namespace=False,
+    )
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    """Builds the modelling pipeline: input prep, one namespace per model, then evaluation and selection."""
+    evaluation = Pipeline(
+        [
+            Node(
+                func=prepare_model_input,
+                inputs=["clean_server_metrics", "server_inventory"],
+                outputs="model_input",
+                name="prepare_model_input_node",
+            ),
+            Node(
+                func=calibrate_intervals,
+                inputs=[
+                    "model_input",
+                    "params:modelling.calibrate_intervals",
+                    "params:modelling.target_coverage",
+                    "params:modelling.ensemble_members",
+                    *[f"{m}_backtest" for m in MODELS],
+                ],  # fmt: skip
+                outputs=["calibrated_backtest", "interval_scales"],
+                name="calibrate_intervals_node",
+            ),
+            Node(
+                func=evaluate_backtests,
+                inputs={
+                    "calibrated_backtest": "calibrated_backtest",
+                    "model_input": "model_input",
+                    "season_length": "params:modelling.season_length",
+                    **_CALENDAR,
+                },
+                outputs="model_metrics",
+                name="evaluate_backtests_node",
+            ),
+            Node(
+                func=select_models,
+                inputs=["model_metrics", "params:modelling.selection_metric"],
+                outputs="model_selection",
+                name="select_models_node",
+            ),
+            Node(
+                func=rank_models,
+                inputs=[
+                    "model_metrics",
+                    "params:modelling.selection_metric",
+                    *[f"{m}_backtest_stats" for m in MODELS],
+                ],  # fmt: skip
+                outputs="model_leaderboard",
+                name="rank_models_node",
+            ),
+            Node(
+                func=assemble_forecasts,
+                inputs=[
+                    "model_selection",
+                    "interval_scales",
+                    "params:modelling.ensemble_members",
+                    *[f"{m}_forecast" for m in MODELS],
+                ],
+                outputs="forecasts",
+                name="assemble_forecasts_node",
+            ),
+        ],
+        namespace="modelling",
+        prefix_datasets_with_namespace=False,
+    )
+    return evaluation + sum((_model_pipeline(m) for m in MODELS), Pipeline([]))
