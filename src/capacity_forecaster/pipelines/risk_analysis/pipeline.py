@@ -1,0 +1,106 @@
+"""risk_analysis pipeline: forecasts, history, inventory -> register, clusters, plan, summary, evaluation."""
+
+from kedro.pipeline import Node, Pipeline
+
+from .nodes import (
+    build_risk_register,
+    cluster_servers,
+    evaluate_risk_flags,
+    plan_consolidation,
+    profile_utilisation,
+    score_forecast_risk,
+    summarise_risk,
+)
+
+_P = "params:risk_analysis."
+_CALENDAR = {
+    "country": "params:calendar.country",
+    "month_end_business_days": "params:calendar.month_end_business_days",
+    "quarter_end_business_days": "params:calendar.quarter_end_business_days",
+}
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    """Builds the risk analysis (namespace ``risk_analysis``, flat dataset names) on persisted inputs."""
+    return Pipeline(
+        [
+            Node(
+                func=score_forecast_risk,
+                inputs={
+                    "forecasts": "forecasts",
+                    "forecast_model": f"{_P}forecast_model",
+                    "basis": f"{_P}basis",
+                    "high_threshold": f"{_P}high_threshold",
+                    "very_high_threshold": f"{_P}very_high_threshold",
+                    "underutilized_threshold": f"{_P}underutilized_threshold",
+                    "horizon": "params:horizon",
+                    "near_term_days": f"{_P}near_term_days",
+                    **_CALENDAR,
+                },
+                outputs="forecast_risk",
+                name="score_forecast_risk_node",
+            ),
+            Node(
+                func=profile_utilisation,
+                inputs={
+                    "clean_server_metrics": "clean_server_metrics",
+                    "profile_days": f"{_P}profile_days",
+                    "current_window_days": f"{_P}current_window_days",
+                    "trend_window_days": f"{_P}trend_window_days",
+                    **_CALENDAR,
+                },
+                outputs="utilisation_profiles",
+                name="profile_utilisation_node",
+            ),
+            Node(
+                func=cluster_servers,
+                inputs={
+                    "utilisation_profiles": "utilisation_profiles",
+                    "server_inventory": "server_inventory",
+                    "k_min": f"{_P}cluster_k_min",
+                    "k_max": f"{_P}cluster_k_max",
+                    "sample_size": f"{_P}cluster_sample_size",
+                    "random_seed": f"{_P}random_seed",
+                },
+                outputs=["server_clusters", "cluster_report"],
+                name="cluster_servers_node",
+            ),
+            Node(
+                func=plan_consolidation,
+                inputs={
+                    "forecast_risk": "forecast_risk",
+                    "server_inventory": "server_inventory",
+                    "target_ceiling": f"{_P}consolidation_ceiling",
+                    "hours_per_month": f"{_P}hours_per_month",
+                    "group_column": f"{_P}consolidation_group_column",
+                },
+                outputs=["consolidation_plan", "consolidation_summary"],
+                name="plan_consolidation_node",
+            ),
+            Node(
+                func=build_risk_register,
+                inputs=["forecast_risk", "utilisation_profiles", "consolidation_plan"],
+                outputs="risk_register",
+                name="build_risk_register_node",
+            ),
+            Node(
+                func=summarise_risk,
+                inputs={
+                    "risk_register": "risk_register",
+                    "cluster_report": "cluster_report",
+                    "consolidation_summary": "consolidation_summary",
+                    "top_servers": f"{_P}top_servers",
+                },
+                outputs="risk_summary",
+                name="summarise_risk_node",
+            ),
+            Node(
+                func=evaluate_risk_flags,
+                inputs=["risk_register", "server_truth"],
+                outputs="risk_evaluation",
+                name="evaluate_risk_flags_node",
+            ),
+        ],
+        namespace="risk_analysis",
+        prefix_datasets_with_namespace=False,
+    )
