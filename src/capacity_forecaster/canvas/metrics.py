@@ -1,0 +1,61 @@
+"""Accuracy of quantile forecasts on a holdout: sMAPE and MASE of p50, and p10-p90 coverage."""
+
+import numpy as np
+import pandas as pd
+
+KEYS = ["server_id", "metric"]
+
+
+def seasonal_naive_scale(history: pd.DataFrame, season: int = 7) -> pd.DataFrame:
+    """MASE denominator per series: in-sample mean absolute difference between values ``season`` days apart.
+
+    Args:
+        history: Long frame ``server_id``, ``metric``, ``date``, ``value`` (daily; NaN allowed).
+        season: Seasonal lag in days (weekly naive by default).
+
+    Returns:
+        Frame ``server_id``, ``metric``, ``scale`` (NaN where a series is too short or constant).
+    """
+    ordered = history.sort_values([*KEYS, "date"], kind="stable")
+    diff = ordered.groupby(KEYS)["value"].diff(season).abs()
+    scale = diff.groupby([ordered[k] for k in KEYS]).mean().rename("scale").reset_index()
+    scale.loc[~(scale["scale"] > 1e-9), "scale"] = np.nan  # constant series: MASE undefined
+    return scale
+
+
+def score_forecasts(forecasts: pd.DataFrame, actuals: pd.DataFrame, scale: pd.DataFrame) -> pd.DataFrame:
+    """Scores every model on the (server, metric, date) rows that have an actual value.
+
+    sMAPE = 100 * mean(2 |p50 - y| / (|p50| + |y|)) over points (0/0 points count as 0);
+    MASE = mean over series of mean|p50 - y| / scale; coverage = share of points with p10 <= y <= p90.
+
+    Args:
+        forecasts: Rows with ``server_id``, ``metric``, ``date``, ``model``, ``p10``, ``p50``, ``p90``.
+        actuals: Rows with ``server_id``, ``metric``, ``date``, ``actual``.
+        scale: Output of ``seasonal_naive_scale``.
+
+    Returns:
+        One row per model: ``model``, ``smape``, ``mase``, ``coverage_p10_p90``, ``n_series``, ``n_points``.
+    """
+    scored = forecasts.merge(actuals.dropna(subset=["actual"]), on=[*KEYS, "date"], how="inner")
+    if scored.empty:
+        return pd.DataFrame(columns=["model", "smape", "mase", "coverage_p10_p90", "n_series", "n_points"])
+    error = (scored["p50"] - scored["actual"]).abs()
+    denominator = scored["p50"].abs() + scored["actual"].abs()
+    scored = scored.assign(
+        abs_error=error,
+        smape_term=np.where(denominator > 0, 2.0 * error / denominator.where(denominator > 0, 1.0), 0.0),
+        covered=(scored["actual"] >= scored["p10"]) & (scored["actual"] <= scored["p90"]),
+    )
+    per_series = (
+        scored.groupby(["model", *KEYS], as_index=False)["abs_error"].mean().merge(scale, on=KEYS, how="left")
+    )
+    per_series["mase"] = per_series["abs_error"] / per_series["scale"]
+    summary = scored.groupby("model").agg(
+        smape=("smape_term", lambda s: 100.0 * s.mean()),
+        coverage_p10_p90=("covered", "mean"),
+        n_points=("covered", "size"),
+    )
+    summary["mase"] = per_series.groupby("model")["mase"].mean()
+    summary["n_series"] = per_series.groupby("model").size()
+    return summary.reset_index()[["model", "smape", "mase", "coverage_p10_p90", "n_series", "n_points"]]

@@ -1,0 +1,409 @@
+"""AutopilotClient against moto's server (real HTTP, botocore-validated requests) and botocore's Stubber."""
+
+import logging
+from datetime import UTC, datetime
+
+import boto3
+import pandas as pd
+import pytest
+from botocore.config import Config
+from botocore.exceptions import ClientError
+from botocore.stub import Stubber
+from moto.core import DEFAULT_ACCOUNT_ID
+from moto.sagemaker.models import sagemaker_backends
+
+from capacity_forecaster.canvas.client import AutopilotClient, CanvasUnavailableError, PollSettings
+from capacity_forecaster.canvas.requests import (
+    AutopilotSettings,
+    build_automl_request,
+    build_model_request,
+    build_transform_request,
+    make_job_names,
+    s3_uris,
+)
+from capacity_forecaster.pipelines.canvas import nodes
+
+ROLE = "arn:aws:iam::123456789012:role/SageMakerRole"
+BUCKET = "cf-test"
+NOW = datetime(2026, 11, 23, 14, 5, 9, tzinfo=UTC)
+SETTINGS = AutopilotSettings(
+    role_arn=ROLE, s3_prefix=f"s3://{BUCKET}/canvas/autopilot", horizon=2, country="US"
+)
+NAMES = make_job_names(SETTINGS.job_prefix, NOW)
+URIS = s3_uris(SETTINGS, NAMES)
+FAST = PollSettings(interval_s=1.0, backoff=2.0, max_interval_s=3.0, timeout_s=60.0)
+ONE_TRY = Config(retries={"total_max_attempts": 1})
+TRAINING = pd.DataFrame(
+    {
+        "item_id": ["s1|cpu_p95"] * 3,
+        "timestamp": ["2024-01-01", "2024-01-02", "2024-01-03"],
+        "target_value": [40.0, 41.0, 42.0],
+        "is_end_of_quarter": 0,
+        "is_month_end": 0,
+        "is_holiday": [1, 0, 0],
+    }
+)
+OUT = (
+    "item_id,timestamp,p10,p50,p90,mean\n"
+    "s1|cpu_p95,2024-01-04,38,42,47,42.1\ns1|cpu_p95,2024-01-05,37,43,49,43\n"
+)
+
+
+_SESSIONS: list[boto3.Session] = []  # one session: the SageMaker API model is loaded once for the module
+
+
+@pytest.fixture
+def clients(aws):
+    if not _SESSIONS:
+        _SESSIONS.append(boto3.Session(region_name="us-east-1"))
+    session = _SESSIONS[0]
+    sm, s3 = session.client("sagemaker", config=ONE_TRY), session.client("s3", config=ONE_TRY)
+    s3.create_bucket(Bucket=BUCKET)
+    return sm, s3
+
+
+def _keys(s3) -> list[str]:
+    return sorted(o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET).get("Contents", []))
+
+
+def test_requests_are_accepted_by_the_sagemaker_api(clients):
+    """botocore validates every request against the API model, moto's server accepts them."""
+    sm, _ = clients
+    sm.create_auto_ml_job_v2(**build_automl_request(SETTINGS, NAMES))
+    job = sm.describe_auto_ml_job_v2(AutoMLJobName=NAMES.automl)
+    assert job["AutoMLProblemTypeConfigName"] == "TimeSeriesForecasting"
+    assert job["AutoMLProblemTypeConfig"]["TimeSeriesForecastingJobConfig"]["ForecastQuantiles"] == [
+        "p10",
+        "p50",
+        "p90",
+    ]
+    sm.create_model(**build_model_request(SETTINGS, NAMES, job["BestCandidate"]))
+    assert sm.describe_model(ModelName=NAMES.model)["ExecutionRoleArn"] == ROLE
+    sm.create_transform_job(**build_transform_request(SETTINGS, NAMES))
+    transform = sm.describe_transform_job(TransformJobName=NAMES.transform)
+    assert transform["TransformInput"]["DataSource"]["S3DataSource"]["S3Uri"] == URIS["input_file"]
+
+
+def test_whole_run_on_moto_uploads_trains_predicts_and_cleans_up(clients):
+    """moto never finishes an AutoML job nor writes transform output: the fake sleep does."""
+    sm, s3 = clients
+
+    def sagemaker_works(seconds: float) -> None:
+        sagemaker_backends[DEFAULT_ACCOUNT_ID]["us-east-1"].auto_ml_jobs[
+            NAMES.automl
+        ].auto_ml_job_status = "Completed"
+        s3.put_object(
+            Bucket=BUCKET, Key=URIS["transform_result"].removeprefix(f"s3://{BUCKET}/"), Body=OUT.encode()
+        )
+
+    s3.put_object(Bucket=BUCKET, Key="canvas/autopilot/" + NAMES.automl + "/output/report.json", Body=b"{}")
+    forecasts, record = AutopilotClient(sm, s3, sleep=sagemaker_works).forecast(
+        TRAINING, SETTINGS, FAST, FAST, now=NOW
+    )
+
+    assert forecasts[["p10", "p50", "p90"]].to_numpy().tolist() == [[38, 42, 47], [37, 43, 49]]
+    assert forecasts["date"].dt.strftime("%Y-%m-%d").tolist() == ["2024-01-04", "2024-01-05"]
+    assert record["automl_job"] == NAMES.automl and record["best_candidate"] == "best_candidate"
+    assert f"model {NAMES.model}" in record["cleaned_up"]
+    with pytest.raises(ClientError, match="Could not find model"):
+        sm.describe_model(ModelName=NAMES.model)
+    assert _keys(s3) == [f"canvas/autopilot/{NAMES.automl}/output/report.json"]  # input and transform deleted
+    assert record["estimated_cost_usd"] >= 0 and record["wall_seconds"] >= 0
+
+
+def _described(status: str, secondary: str, **extra) -> dict:
+    return {
+        "AutoMLJobName": NAMES.automl,
+        "AutoMLJobArn": f"arn:aws:sagemaker:us-east-1:123456789012:automl-job/{NAMES.automl}",
+        "AutoMLJobInputDataConfig": build_automl_request(SETTINGS, NAMES)["AutoMLJobInputDataConfig"],
+        "OutputDataConfig": {"S3OutputPath": URIS["output"]},
+        "RoleArn": ROLE,
+        "CreationTime": NOW,
+        "LastModifiedTime": NOW,
+        "AutoMLJobStatus": status,
+        "AutoMLJobSecondaryStatus": secondary,
+        **extra,
+    }
+
+
+BEST = {
+    "CandidateName": "cf-best",
+    "ObjectiveStatus": "Succeeded",
+    "CandidateStatus": "Completed",
+    "CandidateSteps": [
+        {
+            "CandidateStepType": "AWS::SageMaker::TrainingJob",
+            "CandidateStepArn": "arn:aws:sagemaker:us-east-1:123456789012:training-job/t1",
+            "CandidateStepName": "t1",
+        }
+    ],
+    "CreationTime": NOW,
+    "LastModifiedTime": NOW,
+    "FinalAutoMLJobObjectiveMetric": {"MetricName": "AverageWeightedQuantileLoss", "Value": 0.042},
+    "InferenceContainers": [
+        {
+            "Image": "123456789012.dkr.ecr.us-east-1.amazonaws.com/forecast:1",
+            "ModelDataUrl": f"{URIS['output']}model.tar.gz",
+        }
+    ],
+}
+
+
+def _transform(status: str, **extra) -> dict:
+    return {
+        "TransformJobName": NAMES.transform,
+        "ModelName": NAMES.model,
+        "CreationTime": NOW,
+        "TransformJobArn": f"arn:aws:sagemaker:us-east-1:123456789012:transform-job/{NAMES.transform}",
+        "TransformJobStatus": status,
+        "TransformInput": build_transform_request(SETTINGS, NAMES)["TransformInput"],
+        "TransformResources": {"InstanceType": "ml.m5.2xlarge", "InstanceCount": 1},
+        **extra,
+    }
+
+
+def test_state_machine_in_progress_to_parsed_forecasts(clients, caplog):
+    sm, s3 = clients
+    s3.put_object(
+        Bucket=BUCKET, Key=URIS["transform_result"].removeprefix(f"s3://{BUCKET}/"), Body=OUT.encode()
+    )
+    waits: list[float] = []
+    job = {"AutoMLJobName": NAMES.automl}
+    with Stubber(sm) as stub:
+        stub.add_response(
+            "create_auto_ml_job_v2",
+            {"AutoMLJobArn": "arn:aws:sagemaker:us-east-1:1:automl-job/x"},
+            build_automl_request(SETTINGS, NAMES),
+        )
+        stub.add_response("describe_auto_ml_job_v2", _described("InProgress", "AnalyzingData"), job)
+        stub.add_response("describe_auto_ml_job_v2", _described("InProgress", "TrainingModels"), job)
+        stub.add_response("describe_auto_ml_job_v2", _described("InProgress", "TrainingModels"), job)
+        stub.add_response("describe_auto_ml_job_v2", _described("InProgress", "TrainingModels"), job)
+        stub.add_response(
+            "describe_auto_ml_job_v2", _described("Completed", "Completed", BestCandidate=BEST), job
+        )
+        stub.add_response(
+            "create_model",
+            {"ModelArn": "arn:aws:sagemaker:us-east-1:1:model/m"},
+            build_model_request(SETTINGS, NAMES, BEST),
+        )
+        stub.add_response(
+            "create_transform_job",
+            {"TransformJobArn": "arn:aws:sagemaker:us-east-1:1:transform-job/t"},
+            build_transform_request(SETTINGS, NAMES),
+        )
+        stub.add_response(
+            "describe_transform_job", _transform("InProgress"), {"TransformJobName": NAMES.transform}
+        )
+        stub.add_response(
+            "describe_transform_job", _transform("Completed"), {"TransformJobName": NAMES.transform}
+        )
+        stub.add_response("delete_model", {}, {"ModelName": NAMES.model})
+        with caplog.at_level(logging.INFO, logger="capacity_forecaster.canvas.client"):
+            forecasts, record = AutopilotClient(sm, s3, sleep=waits.append).forecast(
+                TRAINING, SETTINGS, FAST, FAST, now=NOW
+            )
+        stub.assert_no_pending_responses()
+    assert waits == [1.0, 1.0, 2.0, 3.0, 1.0]  # reset on a status change, backoff x2 up to 3 s
+    assert "InProgress / TrainingModels" in caplog.text and "Completed / Completed" in caplog.text
+    assert record["objective"] == {"metric": "AverageWeightedQuantileLoss", "value": 0.042}
+    assert len(forecasts) == 2 and (forecasts["model"] == "canvas").all()
+
+
+def test_failed_job_raises_with_its_reason_and_cleans_up(clients):
+    sm, s3 = clients
+    job = {"AutoMLJobName": NAMES.automl}
+    with Stubber(sm) as stub:
+        stub.add_response(
+            "create_auto_ml_job_v2", {"AutoMLJobArn": "arn:aws:sagemaker:us-east-1:1:automl-job/x"}, None
+        )
+        stub.add_response(
+            "describe_auto_ml_job_v2",
+            _described(
+                "Failed", "Failed", FailureReason="ClientError: not enough data points for item s1|cpu_p95"
+            ),
+            job,
+        )
+        with pytest.raises(CanvasUnavailableError, match="job_failed: .*not enough data points") as failure:
+            AutopilotClient(sm, s3, sleep=lambda s: None).forecast(TRAINING, SETTINGS, FAST, FAST, now=NOW)
+        stub.assert_no_pending_responses()  # no model was created, so none is deleted
+    assert failure.value.record["automl_job"] == NAMES.automl
+    assert _keys(s3) == []  # the uploaded training copy was deleted
+
+
+def test_timeout_stops_the_job():
+    sm = boto3.client("sagemaker", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
+    clock = iter(range(0, 10_000, 50))
+    with Stubber(sm) as stub:
+        for _ in range(2):  # clock 50 s after the first check, 100 s (the limit) after the second
+            stub.add_response("describe_auto_ml_job_v2", _described("InProgress", "TrainingModels"), None)
+        stub.add_response("stop_auto_ml_job", {}, {"AutoMLJobName": NAMES.automl})
+        client = AutopilotClient(sm, s3=None, sleep=lambda s: None, clock=lambda: next(clock))
+        with pytest.raises(CanvasUnavailableError, match="timeout: .*still InProgress"):
+            client.wait_for_automl(NAMES.automl, PollSettings(1, 1.5, 10, timeout_s=100))
+        stub.assert_no_pending_responses()
+
+
+def test_access_denied_is_classified(clients):
+    sm, s3 = clients
+    with Stubber(sm) as stub:
+        stub.add_client_error(
+            "create_auto_ml_job_v2",
+            service_error_code="AccessDeniedException",
+            service_message="User is not authorized to perform: sagemaker:CreateAutoMLJobV2",
+            http_status_code=400,
+        )
+        with pytest.raises(CanvasUnavailableError, match="access_denied"):
+            AutopilotClient(sm, s3, sleep=lambda s: None).forecast(TRAINING, SETTINGS, FAST, FAST, now=NOW)
+
+
+def test_unknown_region_is_unsupported(aws):
+    with pytest.raises(CanvasUnavailableError, match="unsupported_region"):
+        AutopilotClient.create("xx-nowhere-1")
+
+
+# -- the node falls back on every failure ------------------------------------------------------------
+
+NODE_ARGS = dict(
+    enabled=True,
+    role_arn=ROLE,
+    s3_prefix=SETTINGS.s3_prefix,
+    region="us-east-1",
+    job_prefix="cf-canvas",
+    horizon=2,
+    country="US",
+    max_runtime_s=1800,
+    max_runtime_per_training_job_s=900,
+    max_candidates=2,
+    transform_instance_type="ml.m5.2xlarge",
+    poll_interval_s=0.0,
+    poll_backoff=1.5,
+    poll_max_interval_s=0.0,
+    transform_timeout_s=60,
+    wait_grace_s=600,
+    training_usd_per_hour=1.0,
+    transform_usd_per_hour=0.5,
+)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "reason"),
+    [
+        ({"enabled": False}, "disabled"),
+        ({"role_arn": ""}, "no_role"),
+        ({"region": "xx-nowhere-1"}, "unsupported_region"),
+        ({"s3_prefix": "not-s3"}, "bad_settings"),
+    ],
+)
+def test_node_falls_back_without_calling_a_job(aws, overrides, reason):
+    forecasts, run = nodes.forecast_with_autopilot(TRAINING, **{**NODE_ARGS, **overrides})
+    assert forecasts.empty and (run["path"], run["model"], run["reason"]) == (
+        "fallback",
+        "canvas_local",
+        reason,
+    )
+
+
+def _stubbed_factory(monkeypatch, clients, script):
+    sm, s3 = clients
+    stub = Stubber(sm)
+    script(stub)
+    stub.activate()
+    monkeypatch.setattr(
+        nodes.AutopilotClient, "create", classmethod(lambda cls, region="": cls(sm, s3, sleep=lambda s: None))
+    )
+    return stub
+
+
+def test_node_falls_back_on_a_failed_job(monkeypatch, clients):
+    def script(stub):
+        stub.add_response(
+            "create_auto_ml_job_v2", {"AutoMLJobArn": "arn:aws:sagemaker:us-east-1:1:automl-job/x"}, None
+        )
+        stub.add_response(
+            "describe_auto_ml_job_v2",
+            _described("Failed", "Failed", FailureReason="AlgorithmError: boom"),
+            None,
+        )
+
+    stub = _stubbed_factory(monkeypatch, clients, script)
+    forecasts, run = nodes.forecast_with_autopilot(TRAINING, **NODE_ARGS)
+    stub.assert_no_pending_responses()
+    assert forecasts.empty and run["reason"] == "job_failed" and "AlgorithmError: boom" in run["detail"]
+    assert run["automl_job"].startswith("cf-canvas-") and "estimated_cost_usd" in run
+
+
+def test_node_falls_back_on_access_denied(monkeypatch, clients):
+    def script(stub):
+        stub.add_client_error(
+            "create_auto_ml_job_v2",
+            service_error_code="AccessDeniedException",
+            service_message="not authorized",
+            http_status_code=400,
+        )
+
+    _stubbed_factory(monkeypatch, clients, script)
+    forecasts, run = nodes.forecast_with_autopilot(TRAINING, **NODE_ARGS)
+    assert forecasts.empty and (run["path"], run["reason"]) == ("fallback", "access_denied")
+
+
+def test_node_rejects_output_that_misses_the_horizon(monkeypatch, clients):
+    """A transform output with one day instead of two is bad output: fall back rather than trust it."""
+    sm, s3 = clients
+    short = "item_id,timestamp,p10,p50,p90\ns1|cpu_p95,2024-01-04,38,42,47\n"
+
+    def script(stub):
+        stub.add_response(
+            "create_auto_ml_job_v2", {"AutoMLJobArn": "arn:aws:sagemaker:us-east-1:1:automl-job/x"}, None
+        )
+        stub.add_response(
+            "describe_auto_ml_job_v2", _described("Completed", "Completed", BestCandidate=BEST), None
+        )
+        stub.add_response("create_model", {"ModelArn": "arn:aws:sagemaker:us-east-1:1:model/m"}, None)
+        stub.add_response(
+            "create_transform_job", {"TransformJobArn": "arn:aws:sagemaker:us-east-1:1:transform-job/t"}, None
+        )
+        stub.add_response("describe_transform_job", _transform("Completed"), None)
+        stub.add_response("delete_model", {}, None)
+
+    original = AutopilotClient.read_text
+    monkeypatch.setattr(
+        AutopilotClient, "read_text", lambda self, uri: short if uri.endswith(".out") else original(self, uri)
+    )
+    _stubbed_factory(monkeypatch, clients, script)
+    forecasts, run = nodes.forecast_with_autopilot(TRAINING, **NODE_ARGS)
+    assert forecasts.empty and run["reason"] == "bad_output" and "lack a 2-day forecast" in run["detail"]
+
+
+def test_node_returns_autopilot_forecasts_when_everything_works(monkeypatch, clients):
+    sm, s3 = clients
+
+    def script(stub):
+        stub.add_response(
+            "create_auto_ml_job_v2", {"AutoMLJobArn": "arn:aws:sagemaker:us-east-1:1:automl-job/x"}, None
+        )
+        stub.add_response("describe_auto_ml_job_v2", _described("InProgress", "TrainingModels"), None)
+        stub.add_response(
+            "describe_auto_ml_job_v2", _described("Completed", "Completed", BestCandidate=BEST), None
+        )
+        stub.add_response("create_model", {"ModelArn": "arn:aws:sagemaker:us-east-1:1:model/m"}, None)
+        stub.add_response(
+            "create_transform_job", {"TransformJobArn": "arn:aws:sagemaker:us-east-1:1:transform-job/t"}, None
+        )
+        stub.add_response("describe_transform_job", _transform("Completed"), None)
+        stub.add_response("delete_model", {}, None)
+
+    original = AutopilotClient.read_text
+    monkeypatch.setattr(
+        AutopilotClient, "read_text", lambda self, uri: OUT if uri.endswith(".out") else original(self, uri)
+    )
+    stub = _stubbed_factory(monkeypatch, clients, script)
+    forecasts, run = nodes.forecast_with_autopilot(TRAINING, **NODE_ARGS)
+    stub.assert_no_pending_responses()
+    assert (run["path"], run["model"], run["reason"]) == ("autopilot", "canvas", "completed")
+    assert run["best_candidate"] == "cf-best" and run["sagemaker_model"].endswith("-model")
+    assert forecasts["p50"].tolist() == [42.0, 43.0] and (forecasts["model"] == "canvas").all()
+    canvas, weights = nodes.build_canvas_forecasts(
+        forecasts, run, forecasts.iloc[0:0], pd.DataFrame(), "mase", 3
+    )
+    assert canvas.equals(forecasts) and weights.empty
