@@ -10,8 +10,15 @@ from typing import Any
 import click
 from kedro.framework.cli.project import run as kedro_run
 
-DEFAULT_RUNNERS: dict[str, str] = {}
+from capacity_forecaster.cloud.cli import cloud
+
+DEFAULT_RUNNERS: dict[str, str] = {"cloud": "capacity_forecaster.runner.SageMakerRunner"}
 """Environment name -> import path of the runner ``kedro run --env <name>`` uses when ``--runner`` is absent."""
+_SAGEMAKER_RUNNERS = {
+    "capacity_forecaster.runner.SageMakerRunner",
+    "capacity_forecaster.runners.SageMakerRunner",
+    "capacity_forecaster.runner.sagemaker_runner.SageMakerRunner",
+}
 
 
 @click.group(name="capacity_forecaster")
@@ -23,8 +30,17 @@ def _run(**kwargs: Any) -> Any:
     env = kwargs.get("env") or os.getenv("KEDRO_ENV")
     if not kwargs.get("runner"):
         kwargs["runner"] = DEFAULT_RUNNERS.get(env or "")
+    if kwargs["runner"] in _SAGEMAKER_RUNNERS:
+        # The SageMaker runner reads conf/<env>/sagemaker.yml and forwards the run's --params to its jobs.
+        kwargs["runner_params"] = {
+            "env": env,
+            "conf_source": kwargs.get("conf_source"),
+            "runtime_params": dict(kwargs.get("params") or {}),
+            **(kwargs.get("runner_params") or {}),
+        }
     return kedro_run.callback(**kwargs)
 
 
 run = click.Command(name="run", params=list(kedro_run.params), callback=_run, help=kedro_run.help)
 cli.add_command(run)
+cli.add_command(cloud)

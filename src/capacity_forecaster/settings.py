@@ -3,10 +3,17 @@
 from kedro.config import OmegaConfigLoader
 from omegaconf.resolvers import oc
 
+from capacity_forecaster.cloud.hooks import S3DatasetHooks
+from capacity_forecaster.cloud.settings import s3_root
+
 CONFIG_LOADER_CLASS = OmegaConfigLoader
-# ``oc.env`` lets globals.yml take the data root, bucket and region from CF_* environment variables.
+# ``oc.env`` lets globals.yml take the data root, bucket and region from CF_* environment variables;
+# ``cf.s3_root`` joins bucket and optional prefix into s3://bucket[/prefix] (conf/cloud/globals.yml).
 CONFIG_LOADER_ARGS = {
     "base_env": "base",
     "default_run_env": "local",
-    "custom_resolvers": {"oc.env": oc.env},
+    "custom_resolvers": {"oc.env": oc.env, "cf.s3_root": s3_root},
 }
+
+# S3 datasets (conf/cloud): all-or-nothing saves, clear errors and a bucket check before a run.
+HOOKS = (S3DatasetHooks(),)

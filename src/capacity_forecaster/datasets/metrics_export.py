@@ -7,11 +7,11 @@ import gzip
 import io
 from typing import Any
 
-import fsspec
 import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 from kedro.io import AbstractDataset
+from kedro.io.core import get_filepath_str
 from kedro_datasets.pandas import CSVDataset, ParquetDataset
 
 _PARQUET_SUFFIXES = (".parquet", ".pq")
@@ -58,7 +58,6 @@ class MetricsExportDataset(AbstractDataset[pd.DataFrame, pd.DataFrame]):
             ValueError: If the suffix is not a supported format.
         """
         self._filepath = str(filepath)
-        self._credentials = credentials or {}
         self._gzip_save = False
         self.metadata = metadata
         lower = self._filepath.lower()
@@ -92,8 +91,10 @@ class MetricsExportDataset(AbstractDataset[pd.DataFrame, pd.DataFrame]):
             self._delegate.save(data)
             return
         table = pa.Table.from_pandas(data, preserve_index=False)
+        # Through the delegate's filesystem, so credentials, fs_args and S3 transactions apply as to any save.
+        path = get_filepath_str(self._delegate._get_save_path(), self._delegate._protocol)
         with (
-            fsspec.open(self._filepath, mode="wb", **self._credentials) as raw,
+            self._delegate._fs.open(path, mode="wb") as raw,
             gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=1, mtime=0) as stream,
         ):
             header = io.StringIO()

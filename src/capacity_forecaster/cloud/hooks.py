@@ -1,0 +1,203 @@
+"""Kedro hooks that make S3 datasets fail clearly and never leave half-written objects.
+
+Design: no dataset class is replaced (the cloud catalog keeps the base types). For each catalog dataset
+whose filesystem is S3, :func:`guard_dataset` wraps that *instance's* ``load`` and ``save``:
+
+- ``save`` runs inside an fsspec transaction on the dataset's filesystem, so the object is committed only when
+  the whole write succeeded. Without it, an exception while writing (a value ``json`` cannot serialise, a
+  failed multipart part, an interrupt) still closes the s3fs file, which uploads what was written so far as if
+  it were complete. In a transaction s3fs aborts the multipart upload instead and the previous object stays.
+  Saves of guarded datasets are serialised by one lock, because a filesystem has one transaction at a time.
+- failures whose cause is S3 (or, on load, an object that cannot be parsed) are re-raised as
+  :class:`CloudDatasetError` naming the dataset, its ``s3://`` URI, the service's reason and what to do.
+
+Before a run, :meth:`S3DatasetHooks.before_pipeline_run` checks each bucket the pipeline uses once (exists,
+readable, in the configured region), so a wrong ``CF_BUCKET``, missing permission or region fails before any
+node runs, and before the SageMaker runner submits a paid job. ``CF_SKIP_BUCKET_CHECK=1`` skips that check
+(e.g. for a dry run that only prints job specifications on a machine without AWS access).
+"""
+
+import logging
+import os
+import posixpath
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from kedro.framework.hooks import hook_impl
+
+from .errors import NO_SUCH_BUCKET, NO_SUCH_KEY, CloudDatasetError, S3Problem, classify, classify_unreadable
+from .settings import ENV_SKIP_BUCKET_CHECK, split_s3_uri
+
+logger = logging.getLogger(__name__)
+
+_SAVE_LOCK = threading.RLock()
+_GUARDED = "_cf_s3_guarded"
+
+
+def _storage(dataset: Any) -> Any:
+    """The object that holds the fsspec filesystem: the dataset, or the dataset it delegates to (a project
+    dataset such as ``MetricsExportDataset`` wraps a kedro-datasets dataset in ``_delegate``)."""
+    for _ in range(3):
+        if hasattr(dataset, "_fs") and hasattr(dataset, "_protocol"):
+            return dataset
+        dataset = getattr(dataset, "_delegate", None)
+    return None
+
+
+def s3_uri(dataset: Any) -> str | None:
+    """``s3://bucket/key`` of a filesystem-backed dataset on S3, or ``None`` for any other dataset."""
+    storage = _storage(dataset)
+    if (
+        storage is None
+        or storage._protocol not in ("s3", "s3a")
+        or getattr(storage, "_filepath", None) is None
+    ):
+        return None
+    return f"s3://{str(storage._filepath).lstrip('/')}"
+
+
+def _region(dataset: Any) -> str:
+    fs = getattr(_storage(dataset), "_fs", None)
+    return str((getattr(fs, "client_kwargs", None) or {}).get("region_name", ""))
+
+
+def guard_dataset(name: str, dataset: Any) -> bool:
+    """Wraps ``dataset.load``/``dataset.save`` of an S3 dataset in place; returns whether it is guarded.
+
+    Idempotent; datasets not on S3 are left untouched.
+    """
+    uri = s3_uri(dataset)
+    if uri is None:
+        return False
+    if getattr(dataset, _GUARDED, False):
+        return True
+    load, save = dataset.load, dataset.save
+    region = _region(dataset)
+    storage = _storage(dataset)
+    fs = storage._fs
+
+    def guarded_load() -> Any:
+        try:
+            return load()
+        except Exception as exc:
+            problem = classify(exc) or classify_unreadable(exc)
+            if problem.code == NO_SUCH_KEY:
+                problem = _missing_bucket(fs, uri) or problem
+            raise CloudDatasetError(name, uri, "load", problem, region) from exc
+
+    def guarded_save(data: Any) -> None:
+        try:
+            with _SAVE_LOCK, fs.transaction, _saving_version_is_latest(storage):
+                save(data)
+        except Exception as exc:
+            problem = classify(exc)
+            if problem is None:
+                raise  # not an S3 problem (e.g. data the format cannot hold); nothing was committed
+            raise CloudDatasetError(name, uri, "save", problem, region) from exc
+        finally:
+            fs.invalidate_cache()
+            if getattr(storage, "_version", None) is not None:
+                storage._clear_version_cache()
+
+    dataset.load, dataset.save = guarded_load, guarded_save
+    setattr(dataset, _GUARDED, True)
+    return True
+
+
+@contextmanager
+def _saving_version_is_latest(storage: Any) -> Iterator[None]:
+    """Inside a transaction the new version is not visible yet, and a versioned dataset's save ends by looking
+    up the latest version to compare with the one it saved (``VersionNotFoundError`` on a first save). For the
+    duration of the save, the version being saved is reported as the latest, which it is once committed."""
+    if getattr(storage, "_version", None) is None:
+        yield
+        return
+    storage._fetch_latest_load_version = storage.resolve_save_version
+    try:
+        yield
+    finally:
+        del storage._fetch_latest_load_version
+
+
+def _missing_bucket(fs: Any, uri: str) -> S3Problem | None:
+    """s3fs reports a missing object and a missing bucket alike on load; listing the key's folder tells them
+    apart (``None`` when the bucket exists or cannot be listed)."""
+    try:
+        fs.ls(posixpath.dirname(uri[len("s3://") :]), refresh=True)
+    except FileNotFoundError as exc:
+        problem = classify(exc)
+        return problem if problem is not None and problem.code == NO_SUCH_BUCKET else None
+    except Exception:  # noqa: BLE001 - e.g. listing not allowed: keep the original diagnosis
+        return None
+    return None
+
+
+def _buckets(catalog: Any, names: set[str]) -> dict[str, tuple[str, dict[str, Any]]]:
+    """bucket -> (common key prefix of its datasets, s3fs options) for the S3 datasets among ``names``."""
+    keys: dict[str, list[str]] = {}
+    options: dict[str, dict[str, Any]] = {}
+    for name in sorted(names):
+        dataset = _get(catalog, name)
+        uri = s3_uri(dataset)
+        if uri is None:
+            continue
+        bucket, key = split_s3_uri(uri)
+        keys.setdefault(bucket, []).append(key)
+        fs = _storage(dataset)._fs
+        options.setdefault(
+            bucket,
+            {"region": (fs.client_kwargs or {}).get("region_name"), "config": dict(fs.config_kwargs or {})},
+        )
+    result = {}
+    for bucket, bucket_keys in keys.items():
+        folders = [posixpath.dirname(k) for k in bucket_keys]
+        common = posixpath.commonpath(folders) if all(folders) else ""
+        result[bucket] = (f"{common}/" if common else "", options[bucket])
+    return result
+
+
+def _get(catalog: Any, name: str) -> Any:
+    try:
+        return catalog[name] if name in catalog else None
+    except Exception:  # noqa: BLE001 - a dataset that cannot even be built is reported by Kedro itself
+        return None
+
+
+class S3DatasetHooks:
+    """Registered in ``settings.HOOKS``; does nothing for catalogs without S3 datasets (the local env)."""
+
+    @hook_impl
+    def after_catalog_created(self, catalog: Any, conf_catalog: dict[str, Any]) -> None:
+        """Guards every explicitly configured S3 dataset (also in notebooks and ``catalog.load``)."""
+        for name, config in conf_catalog.items():
+            if isinstance(config, dict) and str(config.get("filepath", "")).startswith(("s3://", "s3a://")):
+                dataset = _get(catalog, name)
+                if dataset is not None:
+                    guard_dataset(name, dataset)
+
+    @hook_impl
+    def before_pipeline_run(self, pipeline: Any, catalog: Any) -> None:
+        """Guards the pipeline's S3 datasets (factory-made ones included) and checks each bucket once.
+
+        Raises:
+            CloudStorageError: If a bucket is missing, not readable with the current credentials, or in
+                another region than the configured one.
+        """
+        names = set(pipeline.datasets())
+        for name in names:
+            dataset = _get(catalog, name)
+            if dataset is not None:
+                guard_dataset(name, dataset)
+        if os.environ.get(ENV_SKIP_BUCKET_CHECK, "").lower() in ("1", "true", "yes"):
+            logger.info("%s is set: S3 buckets are not checked before the run", ENV_SKIP_BUCKET_CHECK)
+            return
+        from .s3 import check_bucket, make_client  # noqa: PLC0415 - boto3 only when S3 is used
+
+        for bucket, (prefix, options) in _buckets(catalog, names).items():
+            client = make_client(options["region"], options["config"])
+            region = check_bucket(client, bucket, options["region"], prefix=prefix)
+            logger.info(
+                "S3 bucket %s (region %s) is reachable for s3://%s/%s", bucket, region, bucket, prefix
+            )

@@ -1,0 +1,253 @@
+"""``SageMakerRunner``: runs a Kedro pipeline as SageMaker Processing jobs, one job per group of nodes.
+
+``kedro run --env cloud`` picks it (see ``cli.DEFAULT_RUNNERS``); ``--runner SequentialRunner`` still runs
+in-process. ``only_missing_outputs`` and ``--from-nodes``/``--to-nodes``/``--nodes`` keep working because
+Kedro filters the pipeline before ``_run`` sees it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import logging
+import os
+import tempfile
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from pathlib import Path
+from typing import Any
+
+from kedro.io import MemoryDataset, SharedMemoryDataset
+from kedro.pipeline import Pipeline
+from kedro.runner.runner import AbstractRunner
+
+from capacity_forecaster import settings as project_settings
+from capacity_forecaster.runner.backends import Backend, JobResult, LocalBackend, SageMakerBackend
+from capacity_forecaster.runner.bundle import build_bundle, find_project_root, package_name
+from capacity_forecaster.runner.config import SageMakerSettings, load_settings
+from capacity_forecaster.runner.constants import FORWARDED_ENV
+from capacity_forecaster.runner.jobs import (
+    CodeBundle,
+    JobSpec,
+    build_job_specs,
+    check_persisted,
+    crossing_datasets,
+    group_pipeline,
+    is_parameter,
+    sanitize,
+)
+from capacity_forecaster.runner.sagemaker_client import S3Store, SageMakerClient, make_clients
+
+log = logging.getLogger(__name__)
+
+
+class SageMakerRunner(AbstractRunner):
+    """Executes each job group of the pipeline as a SageMaker Processing job (or a local stand-in).
+
+    Args:
+        is_async: Accepted because the Kedro CLI always passes it; loading happens inside the jobs.
+        env: Kedro environment with ``sagemaker.yml``; jobs run in ``settings.kedro_env`` (default: ``env``).
+        conf_source: The project's conf folder (default ``<project>/conf``).
+        runtime_params: The run's ``--params``; forwarded to every job.
+        project_path: Project folder to package (default: found from the current directory).
+        settings: Ready settings (skips reading ``sagemaker.yml``; ``overrides`` still apply).
+        job_backend: A ready backend object (tests); default: built from ``settings.backend``.
+        wheel: A ready-built wheel to ship instead of building one.
+        **overrides: Any ``SageMakerSettings`` field, e.g. ``--runner-params dry_run=true,backend=local``.
+    """
+
+    def __init__(
+        self,
+        is_async: bool = False,
+        *,
+        env: str | None = None,
+        conf_source: str | None = None,
+        runtime_params: dict[str, Any] | None = None,
+        project_path: str | Path | None = None,
+        settings: SageMakerSettings | None = None,
+        job_backend: Backend | None = None,
+        wheel: str | Path | None = None,
+        **overrides: Any,
+    ):
+        super().__init__(is_async=is_async)
+        self._env = env or os.getenv("KEDRO_ENV") or "cloud"
+        self._project_path = Path(project_path) if project_path else None
+        self._conf_source = conf_source
+        if settings is None:
+            settings = load_settings(self._conf_dir(), self._env, overrides)
+        elif overrides:
+            settings = SageMakerSettings.from_mapping(dataclasses.asdict(settings), overrides)
+        self.settings = settings
+        self._runtime_params = dict(runtime_params or {})
+        self._backend = job_backend
+        self._wheel = Path(wheel) if wheel else None
+        self.job_specs: list[JobSpec] = []
+        self.results: list[JobResult] = []
+
+    # project paths ------------------------------------------------------------------------------------------
+    def _project_root(self) -> Path:
+        if self._project_path is None:
+            self._project_path = find_project_root()
+        return self._project_path
+
+    def _conf_dir(self) -> Path:
+        if self._conf_source:
+            return Path(self._conf_source)
+        return self._project_root() / getattr(project_settings, "CONF_SOURCE", "conf")
+
+    # AbstractRunner API -------------------------------------------------------------------------------------
+    def _get_executor(self, max_workers: int) -> ThreadPoolExecutor:
+        return ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="sagemaker-job")
+
+    def _get_required_workers_count(self, pipeline: Pipeline) -> int:
+        return self.settings.max_concurrent_jobs
+
+    def _run(
+        self, pipeline: Pipeline, catalog: Any, hook_manager: Any = None, run_id: str | None = None
+    ) -> None:
+        s = self.settings
+        run_id = sanitize(str(self._runtime_params.get("run_id") or run_id or time.strftime("%Y%m%dT%H%M%S")))
+        groups = group_pipeline(pipeline, s.grouping)
+        check_persisted(crossing_datasets(pipeline, groups), lambda ds: _in_memory(catalog, ds))
+        lost = sorted(ds for ds in pipeline.outputs() if not is_parameter(ds) and _in_memory(catalog, ds))
+        if lost:
+            log.warning(
+                "Pipeline outputs %s are in memory: they exist only inside their job and are discarded", lost
+            )
+
+        run_uri = s.run_uri(run_id)
+        package = package_name(self._project_root())
+        if self._wheel:
+            wheel_name = self._wheel.name
+        else:
+            version = getattr(importlib.import_module(package), "__version__", "0.0.0")
+            wheel_name = f"{package}-{version}-py3-none-any.whl"
+        bundle = CodeBundle(
+            s3_uri=f"{run_uri}/code", package=package, wheel=wheel_name, conf=f"conf-{package}.tar.gz"
+        )
+        environment = {name: os.environ[name] for name in FORWARDED_ENV if os.environ.get(name)}
+        environment.setdefault("AWS_REGION", s.region)
+        self.job_specs = build_job_specs(
+            groups,
+            run_id=run_id,
+            run_uri=run_uri,
+            bundle=bundle,
+            kedro_env=s.kedro_env,
+            runtime_params=self._runtime_params,
+            environment=environment,
+            tags=s.tags,
+        )
+        log.info(
+            "Run %s: %d node(s) in %d SageMaker job(s) (%s grouping, %s backend) under %s",
+            run_id,
+            len(pipeline.nodes),
+            len(self.job_specs),
+            s.grouping,
+            s.backend,
+            run_uri,
+        )
+        if s.dry_run:
+            for spec in self.job_specs:
+                log.info("dry run, not submitted:\n%s", json.dumps(spec.to_dict(), indent=2))
+            print(json.dumps([spec.to_dict() for spec in self.job_specs], indent=2))  # noqa: T201 (CLI output)
+            return
+
+        backend = self._backend or self._make_backend()
+        self._ship_code(bundle)
+        self._execute(pipeline, catalog, backend)
+
+    # steps --------------------------------------------------------------------------------------------------
+    def _make_backend(self) -> Backend:
+        clients = make_clients(self.settings.region)
+        if self.settings.backend == "local":
+            return LocalBackend(S3Store(clients["s3"]), self.settings)
+        return SageMakerBackend(SageMakerClient(clients["sagemaker"], clients["logs"]), self.settings)
+
+    def _ship_code(self, bundle: CodeBundle) -> None:
+        with tempfile.TemporaryDirectory(prefix="cf-bundle-") as tmp:
+            local = build_bundle(self._project_root(), self._conf_dir(), Path(tmp), wheel=self._wheel)
+            if local.wheel != bundle.wheel:
+                raise RuntimeError(f"Built {local.wheel}, expected {bundle.wheel} (version mismatch)")
+            keys = S3Store(make_clients(self.settings.region)["s3"]).upload_dir(local.folder, bundle.s3_uri)
+        log.info("Uploaded %d code file(s) to %s/", len(keys), bundle.s3_uri)
+
+    def _execute(self, pipeline: Pipeline, catalog: Any, backend: Backend) -> None:
+        s = self.settings
+        pending = list(self.job_specs)
+        running: dict[Future, JobSpec] = {}
+        handed: list[JobSpec] = []  # recorded before the pool sees them, so Ctrl-C can never miss one
+        done: set[str] = set()
+        failure: BaseException | None = None
+        self.results = []
+        pool = self._get_executor(s.max_concurrent_jobs)
+        try:
+            while pending or running:
+                if failure is None:
+                    for spec in [p for p in pending if all(d in done for d in p.depends_on)]:
+                        if len(running) >= s.max_concurrent_jobs:
+                            break
+                        pending.remove(spec)
+                        handed.append(spec)
+                        running[pool.submit(backend.run, spec)] = spec
+                if not running:
+                    break
+                finished, _ = wait(list(running), timeout=1.0, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    spec = running.pop(future)
+                    try:
+                        result = future.result()
+                    except Exception as exc:  # noqa: BLE001 - kept, re-raised once running jobs end
+                        log.error("Job %s failed: %s", spec.name, exc)
+                        if failure is None and running:
+                            log.warning(
+                                "Submitting no more jobs; waiting for %d running job(s)", len(running)
+                            )
+                        failure = failure or exc
+                        continue
+                    done.add(spec.name)
+                    self.results.append(result)
+                    log.info(
+                        "Job %s %s in %.1f s (%s); %d of %d jobs done",
+                        result.name,
+                        result.status,
+                        result.duration_s,
+                        _describe_cost(result),
+                        len(done),
+                        len(self.job_specs),
+                    )
+        except KeyboardInterrupt:
+            _stop_all([spec for spec in handed if spec.name not in done], backend)
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown(wait=True)
+        if failure is None and pending:  # cannot happen with topologically ordered specs; never pass silently
+            raise RuntimeError(f"Jobs never became ready: {[spec.name for spec in pending]}")
+        total = sum(r.cost_usd or 0.0 for r in self.results)
+        if any(r.cost_usd is not None for r in self.results):
+            log.info("Estimated compute cost of this run: ~$%.4f", total)
+        if failure is not None:
+            done_nodes = [
+                n for n in pipeline.nodes if any(n.name in j.nodes for j in self.job_specs if j.name in done)
+            ]
+            self._suggest_resume_scenario(pipeline, done_nodes, catalog)
+            raise failure
+
+
+def _stop_all(specs: list[JobSpec], backend: Backend) -> None:
+    """Ctrl-C: stops every job handed to the pool and not finished (one not yet submitted never will be)."""
+    log.warning("Interrupted: stopping %d running job(s)", len(specs))
+    for spec in specs:
+        backend.stop(spec)
+
+
+def _describe_cost(result: JobResult) -> str:
+    if result.arn.startswith("local:"):
+        return "local run, not billed"
+    return "cost unknown" if result.cost_usd is None else f"~${result.cost_usd:.4f} estimated"
+
+
+def _in_memory(catalog: Any, name: str) -> bool:
+    """True when the run's catalog would keep ``name`` only in this process's memory."""
+    dataset = catalog.get(name, fallback_to_runtime_pattern=True)
+    return dataset is None or isinstance(dataset, MemoryDataset | SharedMemoryDataset)

@@ -1,0 +1,64 @@
+"""The in-job bootstrap: requirement check (what it would install) and the Python version guard."""
+
+import shutil
+import subprocess
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from capacity_forecaster.runner import entrypoint
+
+
+def _wheel(tmp_path, requires_python: str, requires: list[str]):
+    path = tmp_path / "demo-0.1-py3-none-any.whl"
+    metadata = "Metadata-Version: 2.1\nName: demo\nVersion: 0.1\n"
+    metadata += f"Requires-Python: {requires_python}\n" + "".join(f"Requires-Dist: {r}\n" for r in requires)
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("demo/__init__.py", "")
+        zf.writestr("demo-0.1.dist-info/METADATA", metadata)
+    return path
+
+
+def test_only_unsatisfied_requirements_are_installed():
+    missing = entrypoint._missing_requirements(
+        ["kedro>=1.7", "pandas>=999", "surely-not-installed-cf>=1", "pytest>=1; extra == 'test'"]
+    )
+    assert missing == ["pandas>=999", "surely-not-installed-cf>=1"]
+
+
+def test_an_image_with_too_old_a_python_stops_with_a_clear_message(tmp_path, capsys):
+    wheel = _wheel(tmp_path, ">=3.99", [])
+    code = entrypoint.main(
+        ["--wheel", str(wheel), "--site", str(tmp_path / "site"), "--", "--package", "demo", "--env", "cloud",
+         "--conf-source", "c.tar.gz"]
+    )  # fmt: skip
+    assert code == 3
+    assert "demo requires Python >=3.99 but this image has 3." in capsys.readouterr().err
+    assert not (tmp_path / "site").exists()
+
+
+def _python39() -> str | None:
+    """A working Python 3.9 (PATH, or a pyenv install), else None."""
+    pyenv = map(str, Path.home().glob(".pyenv/versions/3.9*/bin/python3.9"))
+    candidates = [shutil.which("python3.9"), *pyenv]
+    for candidate in filter(None, candidates):
+        probe = subprocess.run([candidate, "-c", "import sys"], capture_output=True, check=False)
+        if probe.returncode == 0:
+            return candidate
+    return None
+
+
+PY39 = _python39()
+
+
+@pytest.mark.skipif(PY39 is None, reason="needs a python3.9 (the default scikit-learn image's Python)")
+def test_the_bootstrap_itself_runs_on_the_default_images_python_3_9(tmp_path):
+    wheel = _wheel(tmp_path, ">=3.11", ["kedro>=1.7"])
+    proc = subprocess.run(
+        [PY39, entrypoint.__file__, "--wheel", str(wheel), "--site", str(tmp_path / "site"), "--",
+         "--package", "demo", "--env", "cloud", "--conf-source", "c.tar.gz"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 3
+    assert "demo requires Python >=3.11 but this image has 3.9" in proc.stderr

@@ -1,0 +1,163 @@
+"""SageMakerRunner in process: dry run, refusals before submitting, the sagemaker backend against moto,
+pipeline filtering, Ctrl-C, and a failing job through the local backend."""
+
+import json
+import signal
+import threading
+import time
+
+import boto3
+import pytest
+from botocore.stub import Stubber
+
+from capacity_forecaster.runner import JobFailedError, NonPersistedDatasetError, SageMakerRunner
+from capacity_forecaster.runner.backends import LocalBackend, SageMakerBackend
+from capacity_forecaster.runner.sagemaker_client import S3Store, SageMakerClient
+from tests.runner.toy_project import TOY, toy_catalog
+
+
+@pytest.fixture
+def runner_for(toy_project, toy_wheel, make_settings):
+    def make(**kwargs):
+        settings = make_settings(**kwargs)
+        return SageMakerRunner(
+            settings=settings, project_path=toy_project, wheel=toy_wheel, runtime_params={"run_id": "t1"}
+        )
+
+    return make
+
+
+def _jobs_on_moto() -> list[str]:
+    summaries = boto3.client("sagemaker").list_processing_jobs()["ProcessingJobSummaries"]
+    return sorted(s["ProcessingJobName"] for s in summaries)
+
+
+def _keys(bucket: str = "cf-test", prefix: str = "") -> list[str]:
+    return sorted(
+        o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])
+    )
+
+
+def test_runner_accepts_the_kedro_cli_arguments(toy_project, make_settings):
+    runner = SageMakerRunner(
+        is_async=False,
+        settings=make_settings(),
+        project_path=toy_project,
+        max_concurrent_jobs="2",
+        dry_run="true",
+    )
+    assert runner.settings.max_concurrent_jobs == 2 and runner.settings.dry_run is True
+
+
+def test_dry_run_prints_specs_and_submits_nothing(bucket, runner_for, capsys):
+    runner = runner_for(dry_run=True)
+    runner.run(TOY, toy_catalog())
+    out = capsys.readouterr().out  # Kedro's rich log handler may write to stdout too
+    printed, _ = json.JSONDecoder().raw_decode(out[out.index("[\n  {") :])
+    assert [j["name"] for j in printed] == ["cf-t1-prep", "cf-t1-plot", "cf-t1-stats"]  # dependencies first
+    assert printed[1]["depends_on"] == printed[2]["depends_on"] == ["cf-t1-prep"]
+    assert _jobs_on_moto() == [] and _keys() == []
+
+
+def test_memory_dataset_crossing_jobs_is_refused_before_submitting(bucket, runner_for):
+    runner = runner_for()
+    with pytest.raises(NonPersistedDatasetError, match=r"scaled \(read by job group\(s\) plot, stats\)"):
+        runner.run(TOY, toy_catalog(scaled_in_memory=True))
+    assert _jobs_on_moto() == [] and _keys() == []
+
+
+def test_per_node_grouping_needs_every_intermediate_persisted(bucket, runner_for):
+    with pytest.raises(
+        NonPersistedDatasetError, match=r"raw_numbers \(read by job group\(s\) prep.scale_node\)"
+    ):
+        runner_for(grouping="per_node").run(TOY, toy_catalog())
+
+
+def test_sagemaker_backend_on_moto_submits_one_job_per_group_and_completes(bucket, runner_for, caplog):
+    caplog.set_level("INFO", logger="capacity_forecaster")
+    runner = runner_for(max_concurrent_jobs=2)
+    runner.run(TOY, toy_catalog())
+    assert _jobs_on_moto() == ["cf-t1-plot", "cf-t1-prep", "cf-t1-stats"]
+    assert [r.status for r in runner.results] == ["Completed"] * 3
+    assert runner.results[0].name == "cf-t1-prep"  # dependencies first
+    assert _keys(prefix="sagemaker/runs/t1/code/") == [
+        "sagemaker/runs/t1/code/cf_entrypoint.py",
+        "sagemaker/runs/t1/code/cf_toy-0.1.0-py3-none-any.whl",
+        "sagemaker/runs/t1/code/conf-cf_toy.tar.gz",
+    ]
+    assert "Estimated compute cost of this run" in caplog.text
+    assert "Submitted SageMaker job cf-t1-prep" in caplog.text
+
+
+def test_only_missing_outputs_submits_only_the_missing_group(bucket, runner_for):
+    s3 = boto3.client("s3")
+    for name, body in {"scaled": [1.5], "summary": {"count": 1}}.items():
+        s3.put_object(Bucket="cf-test", Key=f"toy/{name}.json", Body=json.dumps(body).encode())
+    runner = runner_for()
+    runner.run(TOY, toy_catalog(), only_missing_outputs=True)
+    assert _jobs_on_moto() == ["cf-t1-plot"]
+
+
+def test_from_nodes_filtering_is_respected(bucket, runner_for):
+    runner = runner_for()
+    runner.run(TOY.from_nodes("stats.summarise_node"), toy_catalog())
+    assert [s.name for s in runner.job_specs] == ["cf-t1-stats"]
+
+
+def test_ctrl_c_stops_running_jobs(bucket, runner_for):
+    sm = boto3.client("sagemaker")
+    name = "cf-t1-stats"
+
+    stopped = threading.Event()
+
+    def interrupt(
+        seconds: float,
+    ) -> None:  # the poller's sleep: Ctrl-C reaches the main thread while the job runs
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+        stopped.wait(timeout=10)
+
+    class RecordingBackend(SageMakerBackend):
+        def stop(self, job):
+            super().stop(job)
+            stopped.set()
+
+    desc = {
+        "ProcessingJobName": name,
+        "ProcessingJobArn": f"arn:aws:sagemaker:us-east-1:123456789012:processing-job/{name}",
+        "CreationTime": time.time(),
+        "AppSpecification": {"ImageUri": "img"},
+        "ProcessingResources": {
+            "ClusterConfig": {"InstanceCount": 1, "InstanceType": "ml.t3.medium", "VolumeSizeInGB": 30}
+        },
+    }
+    with Stubber(sm) as st:
+        st.add_response("create_processing_job", {"ProcessingJobArn": desc["ProcessingJobArn"]})
+        st.add_response("describe_processing_job", {**desc, "ProcessingJobStatus": "InProgress"})
+        st.add_response("stop_processing_job", {}, {"ProcessingJobName": name})
+        st.add_response("describe_processing_job", {**desc, "ProcessingJobStatus": "Stopped"})
+        runner = runner_for()
+        runner._backend = RecordingBackend(SageMakerClient(sm, sleep=interrupt), runner.settings)
+        with pytest.raises(KeyboardInterrupt):
+            runner.run(TOY.only_nodes_with_namespaces(["stats"]), toy_catalog())
+        assert stopped.is_set()
+        time.sleep(0.5)  # the poller sees Stopped and ends
+        st.assert_no_pending_responses()
+
+
+@pytest.mark.slow
+def test_failing_job_on_local_backend_raises_with_log_tail(
+    bucket, runner_for, toy_project, monkeypatch, caplog
+):
+    """Real subprocess jobs (cf_toy wheel, conf tarball from S3, data on moto S3); n=0 breaks summarise."""
+    caplog.set_level("INFO", logger="kedro")
+    runner = runner_for(backend="local", max_runtime_s=120)
+    runner._backend = LocalBackend(S3Store(boto3.client("s3")), runner.settings, keep_failed=False)
+    runner._runtime_params = {"run_id": "t1", "n": 0}
+    with pytest.raises(JobFailedError, match="cf-t1-stats ended Failed: AlgorithmError") as err:
+        runner.run(TOY.only_nodes_with_namespaces(["prep", "stats"]), toy_catalog())
+    assert any("max() iterable argument is empty" in line or "empty" in line for line in err.value.log_tail)
+    assert (
+        json.loads(boto3.client("s3").get_object(Bucket="cf-test", Key="toy/scaled.json")["Body"].read())
+        == []
+    )
+    assert "--from-nodes" in caplog.text  # Kedro's resume hint names where to restart
