@@ -67,8 +67,11 @@ def _model_pipeline(model: str) -> Pipeline:
 
 
 def create_pipeline(**kwargs) -> Pipeline:
-    """Builds the modelling pipeline: input prep, one namespace per model, then evaluation and selection."""
-    evaluation = Pipeline(
+    """Builds the modelling pipeline: input prep, one namespace per model, then evaluation and selection.
+
+    Namespaces ``model_input`` -> one per model -> ``modelling`` are the job groups of the SageMaker runner.
+    """
+    model_input = Pipeline(
         [
             Node(
                 func=prepare_model_input,
@@ -76,6 +79,12 @@ def create_pipeline(**kwargs) -> Pipeline:
                 outputs="model_input",
                 name="prepare_model_input_node",
             ),
+        ],
+        namespace="model_input",
+        prefix_datasets_with_namespace=False,
+    )
+    evaluation = Pipeline(
+        [
             Node(
                 func=calibrate_intervals,
                 inputs=[
@@ -130,4 +139,4 @@ def create_pipeline(**kwargs) -> Pipeline:
         namespace="modelling",
         prefix_datasets_with_namespace=False,
     )
-    return evaluation + sum((_model_pipeline(m) for m in MODELS), Pipeline([]))
+    return model_input + sum((_model_pipeline(m) for m in MODELS), Pipeline([])) + evaluation
