@@ -83,4 +83,5 @@ def create_pipeline(**kwargs) -> Pipeline:
         ],
         namespace="canvas",
         prefix_datasets_with_namespace=False,
+        tags="canvas",
     )

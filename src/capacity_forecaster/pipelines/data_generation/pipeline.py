@@ -94,4 +94,5 @@ def create_pipeline(**kwargs) -> Pipeline:
         ],
         namespace="data_generation",
         prefix_datasets_with_namespace=False,
+        tags="data_generation",
     )

@@ -82,4 +82,5 @@ def create_pipeline(**kwargs) -> Pipeline:
         ],
         namespace="etl",
         prefix_datasets_with_namespace=False,
+        tags="etl",
     )

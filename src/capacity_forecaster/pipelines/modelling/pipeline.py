@@ -63,6 +63,7 @@ def _model_pipeline(model: str) -> Pipeline:
         ],
         namespace=model,
         prefix_datasets_with_namespace=False,
+        tags=["modelling", model],
     )
 
 
@@ -82,6 +83,7 @@ def create_pipeline(**kwargs) -> Pipeline:
         ],
         namespace="model_input",
         prefix_datasets_with_namespace=False,
+        tags="modelling",
     )
     evaluation = Pipeline(
         [
@@ -138,5 +140,6 @@ def create_pipeline(**kwargs) -> Pipeline:
         ],
         namespace="modelling",
         prefix_datasets_with_namespace=False,
+        tags="modelling",
     )
     return model_input + sum((_model_pipeline(m) for m in MODELS), Pipeline([])) + evaluation

@@ -103,4 +103,5 @@ def create_pipeline(**kwargs) -> Pipeline:
         ],
         namespace="risk_analysis",
         prefix_datasets_with_namespace=False,
+        tags="risk_analysis",
     )
