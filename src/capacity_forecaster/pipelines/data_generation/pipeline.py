@@ -2,6 +2,8 @@
 
 from kedro.pipeline import Node, Pipeline
 
+from capacity_forecaster.pipelines import CALENDAR_PARAMS
+
 from .nodes import (
     add_monitoring_dirt,
     build_server_truth,
@@ -56,9 +58,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "history_days": f"{_P}history_days",
                     "horizon": "params:horizon",
                     "grower_secondary_weight": f"{_P}grower_secondary_weight",
-                    "country": "params:calendar.country",
-                    "month_end_business_days": "params:calendar.month_end_business_days",
-                    "quarter_end_business_days": "params:calendar.quarter_end_business_days",
+                    **CALENDAR_PARAMS,
                     "random_seed": f"{_P}random_seed",
                 },
                 outputs="simulated_metrics",

@@ -2,6 +2,8 @@
 
 from kedro.pipeline import Node, Pipeline
 
+from capacity_forecaster.pipelines import CALENDAR_PARAMS
+
 from .nodes import (
     aggregate_daily_metrics,
     build_data_quality_report,
@@ -11,11 +13,6 @@ from .nodes import (
 )
 
 _P = "params:etl."
-_CALENDAR = {
-    "country": "params:calendar.country",
-    "month_end_business_days": "params:calendar.month_end_business_days",
-    "quarter_end_business_days": "params:calendar.quarter_end_business_days",
-}
 
 
 def create_pipeline(**kwargs) -> Pipeline:
@@ -53,7 +50,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "outlier_window_weeks": f"{_P}outlier_window_weeks",
                     "outlier_min_scale": f"{_P}outlier_min_scale",
                     "replace_outliers": f"{_P}replace_outliers",
-                    **_CALENDAR,
+                    **CALENDAR_PARAMS,
                 },
                 outputs=["clean_server_metrics", "etl_cleaning_stats"],
                 name="clean_daily_metrics_node",
@@ -74,7 +71,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "clean_server_metrics": "clean_server_metrics",
                     "lags": f"{_P}lags",
                     "rolling_windows": f"{_P}rolling_windows",
-                    **_CALENDAR,
+                    **CALENDAR_PARAMS,
                 },
                 outputs="server_features",
                 name="build_server_features_node",

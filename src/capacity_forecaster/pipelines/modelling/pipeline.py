@@ -2,6 +2,8 @@
 
 from kedro.pipeline import Node, Pipeline
 
+from capacity_forecaster.pipelines import CALENDAR_PARAMS
+
 from .nodes import (
     assemble_forecasts,
     backtest_forecaster,
@@ -17,12 +19,6 @@ from .nodes import (
 MODELS: tuple[str, ...] = ("seasonal_naive", "prophet", "random_forest", "gradient_boosting", "quantile_gbm")
 """Model variants; each is a namespace, an alias and a key of parameters_modelling.yml."""
 
-_CALENDAR = {
-    "country": "params:calendar.country",
-    "month_end_business_days": "params:calendar.month_end_business_days",
-    "quarter_end_business_days": "params:calendar.quarter_end_business_days",
-}
-
 
 def _model_pipeline(model: str) -> Pipeline:
     """backtest_forecaster -> fit_forecaster -> predict_forecaster for one model, in namespace ``model``."""
@@ -33,7 +29,7 @@ def _model_pipeline(model: str) -> Pipeline:
         "kind": f"{p}kind",
         "hyperparameters": f"{p}hyperparameters",
         "horizon": "params:horizon",
-        **_CALENDAR,
+        **CALENDAR_PARAMS,
     }
     return Pipeline(
         [
@@ -105,7 +101,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "calibrated_backtest": "calibrated_backtest",
                     "model_input": "model_input",
                     "season_length": "params:modelling.season_length",
-                    **_CALENDAR,
+                    **CALENDAR_PARAMS,
                 },
                 outputs="model_metrics",
                 name="evaluate_backtests_node",

@@ -2,6 +2,8 @@
 
 from kedro.pipeline import Node, Pipeline
 
+from capacity_forecaster.pipelines import CALENDAR_PARAMS
+
 from .nodes import (
     build_risk_register,
     cluster_servers,
@@ -13,11 +15,6 @@ from .nodes import (
 )
 
 _P = "params:risk_analysis."
-_CALENDAR = {
-    "country": "params:calendar.country",
-    "month_end_business_days": "params:calendar.month_end_business_days",
-    "quarter_end_business_days": "params:calendar.quarter_end_business_days",
-}
 
 
 def create_pipeline(**kwargs) -> Pipeline:
@@ -35,7 +32,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "underutilized_threshold": f"{_P}underutilized_threshold",
                     "horizon": "params:horizon",
                     "near_term_days": f"{_P}near_term_days",
-                    **_CALENDAR,
+                    **CALENDAR_PARAMS,
                 },
                 outputs="forecast_risk",
                 name="score_forecast_risk_node",
@@ -47,7 +44,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "profile_days": f"{_P}profile_days",
                     "current_window_days": f"{_P}current_window_days",
                     "trend_window_days": f"{_P}trend_window_days",
-                    **_CALENDAR,
+                    **CALENDAR_PARAMS,
                 },
                 outputs="utilisation_profiles",
                 name="profile_utilisation_node",
