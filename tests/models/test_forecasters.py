@@ -25,6 +25,9 @@ MODELS = {
     "quantile_gbm": lambda: QuantileGBMForecaster(
         max_iter=10, max_leaf_nodes=8, min_samples_leaf=10, **_SMALL_TREES
     ),
+    "quantile_gbm_quantile_loss": lambda: QuantileGBMForecaster(
+        intervals="quantile", max_iter=10, max_leaf_nodes=8, min_samples_leaf=10, **_SMALL_TREES
+    ),
     "prophet": lambda: ProphetForecaster(yearly_seasonality=False, fit_window_days=120, n_jobs=1),
 }
 
@@ -94,6 +97,18 @@ def test_direct_models_reject_steps_beyond_their_horizon():
     model = QuantileGBMForecaster(max_iter=5, **_SMALL_TREES).fit(long_frame())
     with pytest.raises(ValueError, match="beyond the horizon"):
         model.predict(H + 1)
+
+
+def test_quantile_gbm_rejects_an_unknown_interval_method():
+    with pytest.raises(ValueError, match="intervals must be 'residual' or 'quantile'"):
+        QuantileGBMForecaster(intervals="bootstrap", max_iter=5, **_SMALL_TREES).fit(long_frame())
+
+
+def test_quantile_gbm_residual_intervals_come_from_one_point_model():
+    model = QuantileGBMForecaster(max_iter=10, **_SMALL_TREES).fit(long_frame())
+    assert list(model.estimators_) == ["p50"]  # one boosting model, not one per quantile
+    q = model.residual_quantiles_
+    assert q.shape == (5, 2) and (q[:, 0] < 0).all() and (q[:, 1] > 0).all()  # p10 below, p90 above p50
 
 
 def test_frames_with_gaps_or_nan_are_rejected():
