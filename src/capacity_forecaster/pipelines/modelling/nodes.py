@@ -102,12 +102,12 @@ def backtest_origins(
     return pd.DatetimeIndex(sorted({earliest + pd.Timedelta(days=int(d)) for d in offsets}))
 
 
-def _make_forecaster(kind: str, hyperparameters: dict[str, Any], calendar: dict[str, Any]) -> BaseForecaster:
+def _make_forecaster(kind: str, hyperparameters: dict[str, Any], **shared: Any) -> BaseForecaster:
+    """Builds the ``kind`` forecaster; ``shared`` settings (horizon, calendar) apply where it takes them."""
     if kind not in FORECASTERS:
         raise ValueError(f"unknown model kind {kind!r}; choose one of {sorted(FORECASTERS)}")
     model = FORECASTERS[kind](**(hyperparameters or {}))
-    shared = {k: v for k, v in calendar.items() if k in model.get_params()}
-    return model.set_params(**shared)
+    return model.set_params(**{k: v for k, v in shared.items() if k in model.get_params()})
 
 
 def _fit_predict(model: BaseForecaster, frame: pd.DataFrame, horizon: int) -> pd.DataFrame:
@@ -151,13 +151,14 @@ def backtest_forecaster(
     Returns:
         The backtest forecasts (``unique_id, metric, fold, origin, ds, model, p10..p90``) and timing stats.
     """
-    calendar = {
-        "country": country,
-        "month_end_business_days": month_end_business_days,
-        "quarter_end_business_days": quarter_end_business_days,
-        "horizon": horizon,
-    }
-    model = _make_forecaster(kind, hyperparameters, calendar)
+    model = _make_forecaster(
+        kind,
+        hyperparameters,
+        horizon=horizon,
+        country=country,
+        month_end_business_days=month_end_business_days,
+        quarter_end_business_days=quarter_end_business_days,
+    )
     alias = model.alias
     stats = {"model": alias, "folds": 0, "series": 0, "fit_seconds": 0.0, "series_per_second": float("nan")}
     if not enabled:
@@ -201,13 +202,14 @@ def fit_forecaster(
     Returns:
         ``{metric: fitted forecaster}`` (empty when the model is disabled).
     """
-    calendar = {
-        "country": country,
-        "month_end_business_days": month_end_business_days,
-        "quarter_end_business_days": quarter_end_business_days,
-        "horizon": horizon,
-    }
-    model = _make_forecaster(kind, hyperparameters, calendar)
+    model = _make_forecaster(
+        kind,
+        hyperparameters,
+        horizon=horizon,
+        country=country,
+        month_end_business_days=month_end_business_days,
+        quarter_end_business_days=quarter_end_business_days,
+    )
     if not enabled:
         return {}
     return {
