@@ -1,12 +1,12 @@
 """Names and numbers the SageMaker runner shares between its modules: environment variables, container paths,
 SageMaker limits, the scikit-learn image registry table and the instance price table."""
 
+# Bucket, prefix and region are the cloud environment's own variables (conf/cloud/globals.yml reads them).
+from capacity_forecaster.cloud.settings import ENV_BUCKET, ENV_PREFIX, ENV_REGION
+
 # Environment variables --------------------------------------------------------------------------------------
-ENV_BUCKET = "CF_BUCKET"
-ENV_PREFIX = "CF_PREFIX"
 ENV_RUN_ID = "CF_RUN_ID"
 ENV_JOB_NAME = "CF_JOB_NAME"
-ENV_REGION = "AWS_REGION"
 ENV_TELEMETRY = "KEDRO_DISABLE_TELEMETRY"
 ENV_PYTHONPATH = "PYTHONPATH"
 FORWARDED_ENV = (ENV_BUCKET, ENV_PREFIX, ENV_REGION)
