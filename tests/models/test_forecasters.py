@@ -7,6 +7,7 @@ from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 
 from capacity_forecaster.models import (
+    ChangepointRegressionForecaster,
     GradientBoostingForecaster,
     ProphetForecaster,
     QuantileGBMForecaster,
@@ -29,6 +30,7 @@ MODELS = {
         intervals="quantile", max_iter=10, max_leaf_nodes=8, min_samples_leaf=10, **_SMALL_TREES
     ),
     "prophet": lambda: ProphetForecaster(yearly_seasonality=False, fit_window_days=120, n_jobs=1),
+    "changepoint_regression": lambda: ChangepointRegressionForecaster(horizon=H),
 }
 
 

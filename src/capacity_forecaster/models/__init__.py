@@ -1,6 +1,7 @@
 """Forecasters: scikit-learn style estimators on long frames ``unique_id, ds, y`` with p10/p50/p90 output."""
 
 from capacity_forecaster.models.base import BaseForecaster
+from capacity_forecaster.models.changepoint import ChangepointRegressionForecaster
 from capacity_forecaster.models.prophet import ProphetForecaster
 from capacity_forecaster.models.seasonal_naive import SeasonalNaiveForecaster
 from capacity_forecaster.models.trees import (
@@ -15,12 +16,14 @@ FORECASTERS: dict[str, type[BaseForecaster]] = {
     "random_forest": RandomForestForecaster,
     "gradient_boosting": GradientBoostingForecaster,
     "quantile_gbm": QuantileGBMForecaster,
+    "changepoint_regression": ChangepointRegressionForecaster,
 }
 """Model kinds accepted in ``parameters_modelling.yml`` (``modelling.<model>.kind``)."""
 
 __all__ = [
     "FORECASTERS",
     "BaseForecaster",
+    "ChangepointRegressionForecaster",
     "GradientBoostingForecaster",
     "ProphetForecaster",
     "QuantileGBMForecaster",
