@@ -1,13 +1,13 @@
-"""Benchmark of the modelling pipeline on the default fleet and of the quantile model at 10,000 servers.
+"""Benchmark of the modelling pipeline on the default fleet and of the scalable models at 10,000 servers.
 
 Runs ``kedro run --pipelines data_generation,etl`` and then ``kedro run --pipelines modelling`` into a temp
 data root (never data/), times the modelling run, and prints per model: backtest MASE, sMAPE, p10-p90
 coverage and series per second, side by side with the targets. Then fits and predicts the global quantile
-model on a synthetic fleet of 10,000 servers (cpu only).
+model and the changepoint regression on a synthetic fleet of 10,000 servers (cpu only), one after the other.
 
     python benchmarks/modelling.py                      # everything (default fleet: 120 servers x 4 metrics)
     python benchmarks/modelling.py --data-root /tmp/cf  # reuse inputs/outputs already in /tmp/cf
-    python benchmarks/modelling.py --skip-scale         # no 10,000-server run
+    python benchmarks/modelling.py --skip-scale         # no 10,000-server runs
 
 Figures are wall-clock on whatever machine runs this; on a shared machine compare ratios, not absolutes.
 """
@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from capacity_forecaster.models import QuantileGBMForecaster
+from capacity_forecaster.models import FORECASTERS
 
 PROJECT = Path(__file__).resolve().parents[1]
 
@@ -73,22 +73,16 @@ def _synthetic_cpu_fleet(n_servers: int, days: int, seed: int = 0) -> pd.DataFra
     )
 
 
-def _scale_run(n_servers: int, days: int, horizon: int) -> dict:
+def _scale_run(model: str, frame: pd.DataFrame, horizon: int) -> dict:
     conf = PROJECT / "conf" / "base" / "parameters_modelling.yml"
-    params = yaml.safe_load(conf.read_text())["modelling"]["quantile_gbm"]["hyperparameters"]
-    frame = _synthetic_cpu_fleet(n_servers, days)
+    spec = yaml.safe_load(conf.read_text())["modelling"][model]
     started = time.perf_counter()
-    model = QuantileGBMForecaster(**params, horizon=horizon).fit(frame)
+    forecaster = FORECASTERS[spec["kind"]](**spec["hyperparameters"], horizon=horizon).fit(frame)
     fitted = time.perf_counter()
-    forecast = model.predict(horizon)
+    forecast = forecaster.predict(horizon)
     done = time.perf_counter()
-    assert len(forecast) == n_servers * horizon
-    return {
-        "servers": n_servers,
-        "fit_s": fitted - started,
-        "predict_s": done - fitted,
-        "total_s": done - started,
-    }
+    assert len(forecast) == frame["unique_id"].nunique() * horizon
+    return {"fit_s": fitted - started, "predict_s": done - fitted, "total_s": done - started}
 
 
 def main() -> None:
@@ -98,7 +92,7 @@ def main() -> None:
     parser.add_argument(
         "--data-root", type=Path, help="reuse this data root (skips runs whose outputs exist)"
     )
-    parser.add_argument("--skip-scale", action="store_true", help="skip the 10,000-server quantile model run")
+    parser.add_argument("--skip-scale", action="store_true", help="skip the 10,000-server runs")
     parser.add_argument("--scale-servers", type=int, default=10_000)
     args = parser.parse_args()
 
@@ -144,11 +138,13 @@ def main() -> None:
     if not args.skip_scale:
         clean = pd.read_parquet(data_root / "03_primary" / "clean_server_metrics.parquet", columns=["date"])
         days = clean["date"].nunique()
-        result = _scale_run(args.scale_servers, days, horizon=90)
-        print(f"\nquantile_gbm on {result['servers']:,} servers x {days} days (cpu only): "
-              f"fit {result['fit_s']:.1f} s, "
-              f"predict 90 days {result['predict_s']:.1f} s, total {result['total_s']:.1f} s "
-              f"({result['servers'] / result['total_s']:.0f} series/s)")  # fmt: skip
+        frame = _synthetic_cpu_fleet(args.scale_servers, days)
+        print(f"\n{args.scale_servers:,} servers x {days} days (cpu only), fit + predict 90 days:")
+        for model in ("quantile_gbm", "changepoint_regression"):
+            result = _scale_run(model, frame, horizon=90)
+            rate = args.scale_servers / result["total_s"]
+            print(f"  {model}: fit {result['fit_s']:.1f} s, predict {result['predict_s']:.1f} s, "
+                  f"total {result['total_s']:.1f} s ({rate:.0f} series/s)")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ SMALL = {
         "train_window_days": 150,
     },
     "prophet": {"yearly_seasonality": False, "fit_window_days": 120, "n_jobs": 1},
+    "changepoint_regression": {"window_days": 150},
 }
 
 
@@ -166,7 +167,8 @@ def test_calibration_widens_a_too_narrow_interval_to_the_target():
 
 
 def _metrics(rows: list[tuple]) -> pd.DataFrame:
-    return pd.DataFrame(rows, columns=["server_id", "metric", "model", "fold", "mase"])
+    columns = ["server_id", "metric", "model", "fold", "mase"]
+    return pd.DataFrame(rows, columns=columns).assign(archetype="web")
 
 
 def test_selection_picks_the_better_model_per_server():
@@ -183,10 +185,31 @@ def test_selection_picks_the_better_model_per_server():
             ("b", "cpu_p95", "seasonal_naive", 0, 9.0),
         ]  # fmt: skip
     )  # fold 0 only exists for one model: it does not count
-    selection = select_models(metrics, "mase").set_index("server_id")["model"]
-    assert selection.to_dict() == {"a": "prophet", "b": "seasonal_naive"}
+    selection = select_models(metrics, "mase", 0.0).set_index("server_id")
+    assert selection["model"].to_dict() == {"a": "prophet", "b": "seasonal_naive"}
+    assert selection["mase"].to_dict() == {"a": pytest.approx(0.85), "b": pytest.approx(1.0)}
     with pytest.raises(ValueError, match="not a model_metrics column"):
-        select_models(metrics, "crps")
+        select_models(metrics, "crps", 0.0)
+    with pytest.raises(ValueError, match="pooling must be within"):
+        select_models(metrics, "mase", 1.5)
+
+
+def test_pooled_selection_needs_strong_evidence_to_leave_the_archetype_choice():
+    # On servers a-d prophet is better by 0.2; on e seasonal naive looks better by 0.05, on f by 0.6.
+    rows = [(s, "cpu_p95", "prophet", 4, 0.8) for s in "abcd"]
+    rows += [(s, "cpu_p95", "seasonal_naive", 4, 1.0) for s in "abcd"]
+    rows += [("e", "cpu_p95", "prophet", 4, 1.0), ("e", "cpu_p95", "seasonal_naive", 4, 0.95)]
+    rows += [("f", "cpu_p95", "prophet", 4, 1.6), ("f", "cpu_p95", "seasonal_naive", 4, 1.0)]
+    metrics = _metrics(rows)
+    own = select_models(metrics, "mase", 0.0).set_index("server_id")["model"]
+    assert own[["e", "f"]].tolist() == ["seasonal_naive", "seasonal_naive"]
+    pooled = select_models(metrics, "mase", 0.8).set_index("server_id")
+    # pooled: prophet (4 x 0.8 + 1.0 + 1.6) / 6 = 0.967, seasonal naive (4 x 1.0 + 0.95 + 1.0) / 6 = 0.992
+    assert pooled.loc["e", "model"] == "prophet"  # a 0.05 edge on one fold is noise
+    assert pooled.loc["f", "model"] == "seasonal_naive"  # a 0.6 edge is evidence
+    assert pooled.loc["f", "expected_mase"] == pytest.approx(0.2 * 1.0 + 0.8 * (4 * 1.0 + 0.95 + 1.0) / 6)
+    one_choice = select_models(metrics, "mase", 1.0)["model"]
+    assert set(one_choice) == {"prophet"}
 
 
 def test_assemble_flags_exactly_one_model_and_applies_scales():

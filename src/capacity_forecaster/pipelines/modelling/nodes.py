@@ -423,31 +423,44 @@ def _common_folds(model_metrics: pd.DataFrame) -> pd.DataFrame:
     return model_metrics[model_metrics["fold"].isin(common)]
 
 
-def select_models(model_metrics: pd.DataFrame, selection_metric: str) -> pd.DataFrame:
-    """Picks, per server and metric, the model with the lowest mean backtest ``selection_metric``.
+def select_models(model_metrics: pd.DataFrame, selection_metric: str, pooling: float) -> pd.DataFrame:
+    """Picks, per server and metric, the model with the lowest expected backtest ``selection_metric``.
 
-    Only folds that every model was backtested on count; ties go to the model listed first alphabetically.
+    A series' own mean score over a few 90-day folds is a noisy estimate: picking the per-series winner
+    mostly picks noise. The expected score is therefore partially pooled — ``pooling`` of it is the
+    model's mean over the servers of the same archetype and metric, the rest the series' own mean — so a
+    model wins a series on its own evidence only when that evidence is strong. Only folds that every model
+    was backtested on count; ties go to the model listed first alphabetically.
 
     Args:
         model_metrics: Output of ``evaluate_backtests``.
         selection_metric: Score column to minimise (``params:modelling.selection_metric``, e.g. ``mase``).
+        pooling: ``params:modelling.selection_pooling`` in [0, 1]: 0 trusts each series' own scores only,
+            1 makes one choice per archetype and metric.
 
     Returns:
-        ``server_id, metric, model, <selection_metric>``: one row per server and metric.
+        ``server_id, metric, model, <selection_metric>, expected_<selection_metric>``: one row per server
+        and metric, with the series' own mean score and the pooled one it was chosen by.
     """
     if selection_metric not in model_metrics.columns:
         raise ValueError(f"selection_metric {selection_metric!r} is not a model_metrics column")
+    if not 0 <= pooling <= 1:
+        raise ValueError(f"selection pooling must be within [0, 1], got {pooling}")
     common = _common_folds(model_metrics)
-    means = common.groupby(["server_id", "metric", "model"], as_index=False)[selection_metric].mean()
-    means = means.dropna(subset=[selection_metric]).sort_values(
-        ["server_id", "metric", selection_metric, "model"], kind="stable"
-    )
+    keys = ["server_id", "metric", "archetype", "model"]
+    means = common.groupby(keys, as_index=False)[selection_metric].mean().dropna(subset=[selection_metric])
+    pooled = means.groupby(["archetype", "metric", "model"])[selection_metric].transform("mean")
+    expected = f"expected_{selection_metric}"
+    means[expected] = (1 - pooling) * means[selection_metric] + pooling * pooled
+    means = means.sort_values(["server_id", "metric", expected, "model"], kind="stable")
     selection = means.drop_duplicates(["server_id", "metric"]).reset_index(drop=True)
     logger.info("Selected models: %s", selection["model"].value_counts().to_dict())
-    return selection
+    return selection[["server_id", "metric", "model", selection_metric, expected]]
 
 
-def _cross_validated_selection(model_metrics: pd.DataFrame, selection_metric: str) -> pd.DataFrame:
+def _cross_validated_selection(
+    model_metrics: pd.DataFrame, selection_metric: str, pooling: float
+) -> pd.DataFrame:
     """Scores of the selection rule itself: each fold scored with the models chosen on the others."""
     common = _common_folds(model_metrics)
     folds = sorted(common["fold"].unique())
@@ -455,7 +468,7 @@ def _cross_validated_selection(model_metrics: pd.DataFrame, selection_metric: st
         return pd.DataFrame()
     picked = []
     for fold in folds:
-        choice = select_models(common[common["fold"] != fold], selection_metric)[
+        choice = select_models(common[common["fold"] != fold], selection_metric, pooling)[
             ["server_id", "metric", "model"]
         ]
         picked.append(common[common["fold"] == fold].merge(choice, on=["server_id", "metric", "model"]))
@@ -472,7 +485,7 @@ def _summarise(metrics: pd.DataFrame, by: list[str]) -> list[dict[str, Any]]:
 
 
 def rank_models(
-    model_metrics: pd.DataFrame, selection_metric: str, *backtest_stats: dict[str, Any]
+    model_metrics: pd.DataFrame, selection_metric: str, pooling: float, *backtest_stats: dict[str, Any]
 ) -> dict[str, Any]:
     """Builds the leaderboard: models by backtest MASE, with coverage and fit time.
 
@@ -482,6 +495,7 @@ def rank_models(
     Args:
         model_metrics: Output of ``evaluate_backtests``.
         selection_metric: ``params:modelling.selection_metric``.
+        pooling: ``params:modelling.selection_pooling`` (see ``select_models``).
         *backtest_stats: Timing of each model's backtest (``fit_seconds``, ``series_per_second``).
 
     Returns:
@@ -490,7 +504,7 @@ def rank_models(
     """
     common = _common_folds(model_metrics)
     scored = pd.concat(
-        [common, _cross_validated_selection(model_metrics, selection_metric)], ignore_index=True
+        [common, _cross_validated_selection(model_metrics, selection_metric, pooling)], ignore_index=True
     )
     overall = _summarise(scored, ["model"])
     timing = {s["model"]: s for s in backtest_stats}

@@ -16,7 +16,14 @@ from .nodes import (
     select_models,
 )
 
-MODELS: tuple[str, ...] = ("seasonal_naive", "prophet", "random_forest", "gradient_boosting", "quantile_gbm")
+MODELS: tuple[str, ...] = (
+    "seasonal_naive",
+    "prophet",
+    "random_forest",
+    "gradient_boosting",
+    "quantile_gbm",
+    "changepoint_regression",
+)
 """Model variants; each is a namespace, an alias and a key of parameters_modelling.yml."""
 
 
@@ -108,7 +115,11 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             Node(
                 func=select_models,
-                inputs=["model_metrics", "params:modelling.selection_metric"],
+                inputs=[
+                    "model_metrics",
+                    "params:modelling.selection_metric",
+                    "params:modelling.selection_pooling",
+                ],
                 outputs="model_selection",
                 name="select_models_node",
             ),
@@ -117,6 +128,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                 inputs=[
                     "model_metrics",
                     "params:modelling.selection_metric",
+                    "params:modelling.selection_pooling",
                     *[f"{m}_backtest_stats" for m in MODELS],
                 ],  # fmt: skip
                 outputs="model_leaderboard",
