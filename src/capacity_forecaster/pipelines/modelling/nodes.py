@@ -14,7 +14,7 @@ from sklearn.base import clone
 
 from capacity_forecaster.calendar import calendar_features
 from capacity_forecaster.models import FORECASTERS, BaseForecaster
-from capacity_forecaster.models.base import finalise_quantiles
+from capacity_forecaster.models.base import QUANTILE_LEVELS, finalise_quantiles
 from capacity_forecaster.schema import METRICS, QUANTILES
 
 logger = logging.getLogger(__name__)
@@ -333,6 +333,47 @@ def _in_sample_scale(model_input: pd.DataFrame, origins: pd.DataFrame, season_le
     return at_origin.assign(scale=at_origin["err_sum"] / at_origin["err_n"])[["unique_id", "origin", "scale"]]
 
 
+def _score_terms(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per-row terms whose sums over a group of rows give that group's scores (``_scores_from_sums``)."""
+    y, p50 = frame["y"].to_numpy(float), frame["p50"].to_numpy(float)
+    error = y - p50
+    nonzero = y != 0
+    denominator = np.abs(y) + np.abs(p50)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = {
+            "n": np.ones(len(y)),
+            "abs_error": np.abs(error),
+            "squared_error": error**2,
+            "abs_pct_error": np.where(nonzero, np.abs(error / np.where(nonzero, y, 1.0)), 0.0),
+            "nonzero": nonzero.astype(float),
+            "smape_term": np.where(denominator == 0, 0.0, 2 * np.abs(error) / denominator),
+            "abs_actual": np.abs(y),
+            "covered": ((y >= frame["p10"].to_numpy()) & (y <= frame["p90"].to_numpy())).astype(float),
+        }
+    for name, q in QUANTILE_LEVELS.items():
+        diff = y - frame[name].to_numpy(float)
+        terms[f"pinball_{name}"] = np.maximum(q * diff, (q - 1) * diff)
+    return pd.DataFrame(terms, index=frame.index)
+
+
+def _scores_from_sums(sums: pd.DataFrame, scale: np.ndarray) -> pd.DataFrame:
+    """Scores of each row of summed ``_score_terms`` (NaN for groups without rows); ``scale`` per row."""
+    n = sums["n"].to_numpy()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mae = sums["abs_error"].to_numpy() / n
+        scores = {
+            "mae": mae,
+            "rmse": np.sqrt(sums["squared_error"].to_numpy() / n),
+            "mape": np.where(sums["nonzero"] > 0, sums["abs_pct_error"] / sums["nonzero"] * 100, np.nan),
+            "smape": sums["smape_term"].to_numpy() / n * 100,
+            "mase": np.where(scale > 0, mae / scale, np.nan),
+            "wape": np.where(sums["abs_actual"] > 0, sums["abs_error"] / sums["abs_actual"], np.nan),
+            **{f"pinball_{name}": sums[f"pinball_{name}"].to_numpy() / n for name in QUANTILES},
+            "coverage": sums["covered"].to_numpy() / n,
+        }
+    return pd.DataFrame(scores, index=sums.index)[list(_SCORES)]
+
+
 def score_forecasts(frame: pd.DataFrame, scale: pd.Series | np.ndarray | None = None) -> dict[str, float]:
     """Accuracy of one forecast against its actuals.
 
@@ -344,29 +385,9 @@ def score_forecasts(frame: pd.DataFrame, scale: pd.Series | np.ndarray | None = 
         ``mae, rmse, mape, smape, mase, wape, pinball_p10/p50/p90, coverage``; MAPE (%) skips zero actuals,
         sMAPE is in % (0-200), coverage is the share of actuals within [p10, p90].
     """
-    y, p50 = frame["y"].to_numpy(float), frame["p50"].to_numpy(float)
-    if len(y) == 0:
-        return dict.fromkeys(_SCORES, float("nan"))
-    error = y - p50
-    mae = float(np.mean(np.abs(error)))
-    nonzero = y != 0
-    denominator = np.abs(y) + np.abs(p50)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        smape_terms = np.where(denominator == 0, 0.0, 2 * np.abs(error) / denominator)
-    scores = {
-        "mae": mae,
-        "rmse": float(np.sqrt(np.mean(error**2))),
-        "mape": float(np.mean(np.abs(error[nonzero] / y[nonzero])) * 100) if nonzero.any() else float("nan"),
-        "smape": float(np.mean(smape_terms) * 100),
-        "mase": float(mae / np.mean(scale)) if scale is not None and np.mean(scale) > 0 else float("nan"),
-        "wape": float(np.sum(np.abs(error)) / np.sum(np.abs(y))) if np.sum(np.abs(y)) > 0 else float("nan"),
-    }
-    for name in QUANTILES:
-        q = {"p10": 0.1, "p50": 0.5, "p90": 0.9}[name]
-        diff = y - frame[name].to_numpy(float)
-        scores[f"pinball_{name}"] = float(np.mean(np.maximum(q * diff, (q - 1) * diff)))
-    scores["coverage"] = float(np.mean((y >= frame["p10"].to_numpy()) & (y <= frame["p90"].to_numpy())))
-    return scores
+    mean_scale = float(np.mean(scale)) if scale is not None and len(scale) else np.nan
+    sums = _score_terms(frame).sum().to_frame().T
+    return {k: float(v) for k, v in _scores_from_sums(sums, np.array([mean_scale])).iloc[0].items()}
 
 
 def evaluate_backtests(
@@ -390,7 +411,7 @@ def evaluate_backtests(
 
     Returns:
         One row per ``server_id, metric, archetype, model, fold`` with ``origin``, the scores of
-        ``score_forecasts`` and the same prefixed ``eoq_`` for end-of-quarter days.
+        ``score_forecasts``, the same prefixed ``eoq_`` for end-of-quarter days, and ``days, eoq_days``.
     """
     observed = calibrated_backtest[calibrated_backtest["is_observed"].astype(bool)]
     dates = pd.DatetimeIndex(observed["ds"].unique())
@@ -398,17 +419,20 @@ def evaluate_backtests(
     eoq = observed["ds"].map(calendar.set_index("date")["is_end_of_quarter"]).astype(bool).to_numpy()
     scales = _in_sample_scale(model_input, observed[["unique_id", "origin"]].drop_duplicates(), season_length)
     scale = observed.merge(scales, on=["unique_id", "origin"], how="left")["scale"].to_numpy()
-    observed = observed.assign(scale=scale, eoq=eoq)
-    rows = []
     keys = ["server_id", "metric", "archetype", "model", "fold", "origin"]
-    for key, group in observed.groupby(keys, sort=True):
-        row = dict(zip(keys, key, strict=True))
-        row.update(score_forecasts(group, group["scale"].to_numpy()))
-        peak = group[group["eoq"]]
-        row.update({f"eoq_{k}": v for k, v in score_forecasts(peak, group["scale"].to_numpy()).items()})
-        row["days"], row["eoq_days"] = len(group), len(peak)
-        rows.append(row)
-    metrics = pd.DataFrame(rows)
+    terms = _score_terms(observed)
+    by = [observed[k] for k in keys]
+    sums = terms.groupby(by, sort=True).sum()
+    peak_sums = terms[eoq].groupby([k[eoq] for k in by]).sum().reindex(sums.index, fill_value=0)
+    group_scale = pd.Series(scale, index=observed.index).groupby(by, sort=True).mean()
+    metrics = pd.concat(
+        [
+            _scores_from_sums(sums, group_scale.to_numpy()),
+            _scores_from_sums(peak_sums, group_scale.to_numpy()).add_prefix("eoq_"),
+        ],
+        axis=1,
+    ).assign(days=sums["n"].astype(int), eoq_days=peak_sums["n"].astype(int))
+    metrics = metrics.reset_index()
     summary = metrics.groupby("model")[["mase", "smape", "coverage"]].mean().sort_values("mase")
     logger.info("Backtest scores (mean over servers, metrics and folds):\n%s", summary.round(3).to_string())
     return metrics
