@@ -10,10 +10,12 @@ from capacity_forecaster.pipelines.modelling.nodes import (
     backtest_forecaster,
     backtest_origins,
     calibrate_intervals,
+    fit_forecaster,
     prepare_model_input,
     score_forecasts,
     select_models,
 )
+from capacity_forecaster.schema import METRICS
 from tests.models.sample_series import clean_tables
 
 H = 14
@@ -88,9 +90,10 @@ def test_origins_sit_in_the_holdout_and_leave_a_full_horizon():
         backtest_origins(last, 100, 5, 0.2, 90)
 
 
-def _node_args(kind: str, hyperparameters: dict, enabled: bool = True) -> dict:
+def _node_args(kind: str, hyperparameters: dict, enabled: bool = True, metric_jobs: int = 1) -> dict:
     return {"enabled": enabled, "kind": kind, "hyperparameters": hyperparameters, "backtest_folds": None,
-            "horizon": H, "n_origins": 3, "holdout_share": 0.3, **CALENDAR}  # fmt: skip
+            "horizon": H, "metric_jobs": metric_jobs, "n_origins": 3, "holdout_share": 0.3,
+            **CALENDAR}  # fmt: skip
 
 
 def _backtest(frame: pd.DataFrame, kind: str) -> pd.DataFrame:
@@ -120,6 +123,18 @@ def test_backtest_has_no_leakage(model_input, kind):
     assert (
         before.groupby("fold")["ds"].min() == before.groupby("fold")["origin"].first() + pd.Timedelta(days=1)
     ).all()
+
+
+def test_metrics_fitted_in_parallel_processes_match_one_at_a_time(model_input):
+    one, _ = backtest_forecaster(model_input, **_node_args("quantile_gbm", SMALL["quantile_gbm"]))
+    args = _node_args("quantile_gbm", SMALL["quantile_gbm"], metric_jobs=2)
+    two, _ = backtest_forecaster(model_input, **args)
+    assert set(one["metric"]) == set(METRICS)
+    pd.testing.assert_frame_equal(one, two)
+    for backtest_only in ("backtest_folds", "n_origins", "holdout_share"):
+        del args[backtest_only]
+    fitted = fit_forecaster(model_input, **args)
+    assert sorted(fitted) == sorted(METRICS) and all(m.alias == "quantile_gbm" for m in fitted.values())
 
 
 def test_disabled_model_backtests_nothing(model_input):

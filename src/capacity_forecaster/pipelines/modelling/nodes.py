@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from joblib import Parallel, delayed
 from sklearn.base import clone
 
 from capacity_forecaster.calendar import calendar_features
@@ -110,13 +111,12 @@ def _make_forecaster(kind: str, hyperparameters: dict[str, Any], **shared: Any) 
     return model.set_params(**{k: v for k, v in shared.items() if k in model.get_params()})
 
 
-def _fit_predict(model: BaseForecaster, frame: pd.DataFrame, horizon: int) -> pd.DataFrame:
-    """Fits a fresh clone per metric (global models are per metric) and predicts ``horizon`` days."""
-    parts = []
-    for metric, group in frame.groupby("metric", sort=True):
-        forecast = clone(model).fit(group[["unique_id", "ds", "y"]]).predict(horizon)
-        parts.append(forecast.assign(metric=metric))
-    return pd.concat(parts, ignore_index=True)
+def _fit_per_metric(model: BaseForecaster, frame: pd.DataFrame, metric_jobs: int) -> dict[str, Any]:
+    """Fits a fresh clone per metric (global models are per metric), ``metric_jobs`` metrics at a time."""
+    metrics, groups = zip(*frame.groupby("metric", sort=True), strict=True)
+    columns = ["unique_id", "ds", "y"]
+    fitted = Parallel(n_jobs=metric_jobs)(delayed(clone(model).fit)(group[columns]) for group in groups)
+    return dict(zip(metrics, fitted, strict=True))
 
 
 def backtest_forecaster(
@@ -127,6 +127,7 @@ def backtest_forecaster(
     hyperparameters: dict[str, Any],
     backtest_folds: int | None,
     horizon: int,
+    metric_jobs: int,
     n_origins: int,
     holdout_share: float,
     country: str,
@@ -142,6 +143,8 @@ def backtest_forecaster(
         hyperparameters: Keyword arguments of the forecaster class (the dict is the value).
         backtest_folds: Backtest only the most recent folds (``None`` = all ``n_origins``).
         horizon: Days ahead (``params:horizon``).
+        metric_jobs: Metrics fitted at once, one process each (``params:modelling.<model>.metric_jobs``);
+            more than 1 only pays for models that use one core.
         n_origins: Origins (``params:modelling.backtest.n_origins``).
         holdout_share: Share of history holding the origins (``params:modelling.backtest.holdout_share``).
         country: ``params:calendar.country``.
@@ -172,7 +175,11 @@ def backtest_forecaster(
     parts, fitted_series, started = [], 0, time.perf_counter()
     for fold, origin in folds:
         history = model_input[model_input["ds"] <= origin]
-        forecast = _fit_predict(model, history, horizon)
+        fitted = _fit_per_metric(model, history, metric_jobs)
+        forecast = pd.concat(
+            [forecaster.predict(horizon).assign(metric=metric) for metric, forecaster in fitted.items()],
+            ignore_index=True,
+        )
         fitted_series += history["unique_id"].nunique()
         parts.append(forecast.assign(fold=fold, origin=origin, model=alias))
     seconds = time.perf_counter() - started
@@ -193,11 +200,12 @@ def fit_forecaster(
     kind: str,
     hyperparameters: dict[str, Any],
     horizon: int,
+    metric_jobs: int,
     country: str,
     month_end_business_days: int,
     quarter_end_business_days: int,
 ) -> dict[str, BaseForecaster]:
-    """Fits the forecaster on all history, one fitted clone per metric.
+    """Fits the forecaster on all history, one fitted clone per metric (``metric_jobs`` at a time).
 
     Returns:
         ``{metric: fitted forecaster}`` (empty when the model is disabled).
@@ -212,10 +220,7 @@ def fit_forecaster(
     )
     if not enabled:
         return {}
-    return {
-        metric: clone(model).fit(group[["unique_id", "ds", "y"]])
-        for metric, group in model_input.groupby("metric", sort=True)
-    }
+    return _fit_per_metric(model, model_input, metric_jobs)
 
 
 def predict_forecaster(forecaster: dict[str, BaseForecaster], horizon: int) -> pd.DataFrame:

@@ -36,6 +36,7 @@ def _model_pipeline(model: str) -> Pipeline:
         "kind": f"{p}kind",
         "hyperparameters": f"{p}hyperparameters",
         "horizon": "params:horizon",
+        "metric_jobs": f"{p}metric_jobs",
         **CALENDAR_PARAMS,
     }
     return Pipeline(
