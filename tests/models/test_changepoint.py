@@ -43,40 +43,38 @@ def _long(dates: pd.DatetimeIndex, values: np.ndarray) -> pd.DataFrame:
     )
 
 
+def _fit_noisy(days: int, horizon: int, seed: int, **signal) -> tuple:
+    """Fits on ``days`` of ``_signal`` + AR(1) noise; returns the model, the history and the true future."""
+    dates, y = _signal(days + horizon, **signal)
+    noise = _ar1(np.random.default_rng(seed), 1, days + horizon, phi=0.6, sd=1.5)
+    history = _long(dates[:days], (y + noise)[:, :days])
+    model = ChangepointRegressionForecaster(horizon=horizon, **CALENDAR).fit(history)
+    return model, history, y[days:]
+
+
 def test_a_level_shift_is_found_and_forecast_from_the_new_level():
-    days, horizon = 600, 60
-    dates, y = _signal(days + horizon, step_day=500)
-    noise = _ar1(np.random.default_rng(0), 1, days + horizon, phi=0.5, sd=1.5)
-    frame = _long(dates[:days], (y + noise)[:, :days])
-    model = ChangepointRegressionForecaster(horizon=horizon, **CALENDAR).fit(frame)
+    model, history, future = _fit_noisy(600, 60, seed=0, step_day=500)
     (found,) = model.changepoints_.itertuples()
-    assert found.kind == "level" and abs((found.date - dates[500]).days) <= 7
-    error = np.abs(model.predict(horizon)["p50"].to_numpy() - y[days:]).mean()
-    plain = ChangepointRegressionForecaster(horizon=horizon, changepoints=[], **CALENDAR).fit(frame)
-    plain_error = np.abs(plain.predict(horizon)["p50"].to_numpy() - y[days:]).mean()
+    assert found.kind == "level" and abs((found.date - START - pd.Timedelta(days=500)).days) <= 7
+    error = np.abs(model.predict(60)["p50"].to_numpy() - future).mean()
+    plain = ChangepointRegressionForecaster(horizon=60, changepoints=[], **CALENDAR).fit(history)
+    plain_error = np.abs(plain.predict(60)["p50"].to_numpy() - future).mean()
     assert error < 1.0 < plain_error  # a trend through the step extrapolates it as growth
 
 
 def test_a_recent_step_is_not_extrapolated_as_a_steep_trend():
-    days, horizon = 600, 90
-    dates, y = _signal(days + horizon, step_day=days - 24)
-    noise = _ar1(np.random.default_rng(7), 1, days + horizon, phi=0.6, sd=1.5)
-    model = ChangepointRegressionForecaster(horizon=horizon, **CALENDAR)
-    forecast = model.fit(_long(dates[:days], (y + noise)[:, :days])).predict(horizon)["p50"].to_numpy()
+    model, _, future = _fit_noisy(600, 90, seed=7, step_day=600 - 24)
     assert model.changepoints_["kind"].tolist() == ["level"]
-    assert np.abs(forecast - y[days:]).max() < 3.0  # as a kink it would climb ~20 points per month
+    forecast = model.predict(90)["p50"].to_numpy()
+    assert np.abs(forecast - future).max() < 3.0  # as a kink it would climb ~20 points per month
 
 
 def test_a_trend_that_starts_late_is_extrapolated_at_its_new_slope():
-    days, horizon = 700, 90
-    dates, y = _signal(days + horizon, ramp_day=500)
-    noise = _ar1(np.random.default_rng(1), 1, days + horizon, phi=0.6, sd=1.5)
-    frame = _long(dates[:days], (y + noise)[:, :days])
-    model = ChangepointRegressionForecaster(horizon=horizon, **CALENDAR).fit(frame)
+    model, history, future = _fit_noisy(700, 90, seed=1, ramp_day=500)
     assert model.changepoints_["kind"].tolist() == ["trend"]
-    forecast = model.predict(horizon)["p50"].to_numpy()
-    assert abs(forecast[-1] - y[-1]) < 3.0  # the ramp keeps climbing: 30 points a year
-    assert forecast[-7:].mean() > frame["y"].iloc[-28:].mean() + 5
+    forecast = model.predict(90)["p50"].to_numpy()
+    assert abs(forecast[-1] - future[-1]) < 3.0  # the ramp keeps climbing: 30 points a year
+    assert forecast[-7:].mean() > history["y"].iloc[-28:].mean() + 5
 
 
 def test_stationary_series_get_no_changepoint():
