@@ -347,15 +347,15 @@ def test_node_falls_back_on_access_denied(monkeypatch, clients):
     assert forecasts.empty and (run["path"], run["reason"]) == ("fallback", "access_denied")
 
 
-def test_node_rejects_output_that_misses_the_horizon(monkeypatch, clients):
-    """A transform output with one day instead of two is bad output: fall back rather than trust it."""
-    sm, s3 = clients
-    short = "item_id,timestamp,p10,p50,p90\ns1|cpu_p95,2024-01-04,38,42,47\n"
+def _stub_completed_job(monkeypatch, clients, transform_output: str, *progress: dict) -> Stubber:
+    """Autopilot completes after ``progress``; its batch transform writes ``transform_output``."""
 
     def script(stub):
         stub.add_response(
             "create_auto_ml_job_v2", {"AutoMLJobArn": "arn:aws:sagemaker:us-east-1:1:automl-job/x"}, None
         )
+        for described in progress:
+            stub.add_response("describe_auto_ml_job_v2", described, None)
         stub.add_response(
             "describe_auto_ml_job_v2", _described("Completed", "Completed", BestCandidate=BEST), None
         )
@@ -368,36 +368,23 @@ def test_node_rejects_output_that_misses_the_horizon(monkeypatch, clients):
 
     original = AutopilotClient.read_text
     monkeypatch.setattr(
-        AutopilotClient, "read_text", lambda self, uri: short if uri.endswith(".out") else original(self, uri)
+        AutopilotClient,
+        "read_text",
+        lambda self, uri: transform_output if uri.endswith(".out") else original(self, uri),
     )
-    _stubbed_factory(monkeypatch, clients, script)
+    return _stubbed_factory(monkeypatch, clients, script)
+
+
+def test_node_rejects_output_that_misses_the_horizon(monkeypatch, clients):
+    """A transform output with one day instead of two is bad output: fall back rather than trust it."""
+    short = "item_id,timestamp,p10,p50,p90\ns1|cpu_p95,2024-01-04,38,42,47\n"
+    _stub_completed_job(monkeypatch, clients, short)
     forecasts, run = nodes.forecast_with_autopilot(TRAINING, **NODE_ARGS)
     assert forecasts.empty and run["reason"] == "bad_output" and "lack a 2-day forecast" in run["detail"]
 
 
 def test_node_returns_autopilot_forecasts_when_everything_works(monkeypatch, clients):
-    sm, s3 = clients
-
-    def script(stub):
-        stub.add_response(
-            "create_auto_ml_job_v2", {"AutoMLJobArn": "arn:aws:sagemaker:us-east-1:1:automl-job/x"}, None
-        )
-        stub.add_response("describe_auto_ml_job_v2", _described("InProgress", "TrainingModels"), None)
-        stub.add_response(
-            "describe_auto_ml_job_v2", _described("Completed", "Completed", BestCandidate=BEST), None
-        )
-        stub.add_response("create_model", {"ModelArn": "arn:aws:sagemaker:us-east-1:1:model/m"}, None)
-        stub.add_response(
-            "create_transform_job", {"TransformJobArn": "arn:aws:sagemaker:us-east-1:1:transform-job/t"}, None
-        )
-        stub.add_response("describe_transform_job", _transform("Completed"), None)
-        stub.add_response("delete_model", {}, None)
-
-    original = AutopilotClient.read_text
-    monkeypatch.setattr(
-        AutopilotClient, "read_text", lambda self, uri: OUT if uri.endswith(".out") else original(self, uri)
-    )
-    stub = _stubbed_factory(monkeypatch, clients, script)
+    stub = _stub_completed_job(monkeypatch, clients, OUT, _described("InProgress", "TrainingModels"))
     forecasts, run = nodes.forecast_with_autopilot(TRAINING, **NODE_ARGS)
     stub.assert_no_pending_responses()
     assert (run["path"], run["model"], run["reason"]) == ("autopilot", "canvas", "completed")
