@@ -45,3 +45,19 @@ def test_calendar_windows_are_the_last_business_days():
     assert features.loc["2024-04-01", "days_to_quarter_end"] == 90
     holidays = calendar_features(pd.date_range("2024-12-24", "2025-01-02"), "US").set_index("date")["is_holiday"]
     assert holidays[holidays].index.strftime("%Y-%m-%d").tolist() == ["2024-12-25", "2025-01-01"]
+
+
+def test_dotted_params_change_one_key_in_an_env_with_its_own_parameters(kedro_session):
+    """`--params risk_analysis.near_term_days=14 --env bitbrains` keeps every other risk_analysis key."""
+    from kedro.framework.cli.utils import _split_params
+
+    runtime = _split_params(None, None, "risk_analysis.near_term_days=14,horizon=14,etl.max_gap_days=3")
+    base = kedro_session().load_context().params
+    params = kedro_session(env="bitbrains", runtime_params=runtime).load_context().params
+
+    assert params["horizon"] == 14
+    assert params["risk_analysis"] == {**base["risk_analysis"], "near_term_days": 14}
+    # The env's own etl keys and base's other etl keys are both kept; the dotted key wins.
+    assert params["etl"]["column_mapping"]["cpu_pct"] == "cpu_p95"
+    assert params["etl"]["max_gap_days"] == 3
+    assert params["etl"]["lags"] == base["etl"]["lags"]

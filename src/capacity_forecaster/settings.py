@@ -9,9 +9,12 @@ from capacity_forecaster.cloud.settings import s3_root
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 # ``oc.env`` lets globals.yml take the data root, bucket and region from CF_* environment variables;
 # ``cf.s3_root`` joins bucket and optional prefix into s3://bucket[/prefix] (conf/cloud/globals.yml).
+# Parameters merge key by key ("soft"): an environment's parameters file, and a dotted ``--params
+# section.key=value``, change only the keys they name. Catalog entries still replace whole entries.
 CONFIG_LOADER_ARGS = {
     "base_env": "base",
     "default_run_env": "local",
+    "merge_strategy": {"parameters": "soft"},
     "custom_resolvers": {"oc.env": oc.env, "cf.s3_root": s3_root},
 }
 
