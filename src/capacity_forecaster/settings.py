@@ -13,6 +13,7 @@ CONFIG_LOADER_ARGS = {
     "base_env": "base",
     "default_run_env": "local",
     "custom_resolvers": {"oc.env": oc.env, "cf.s3_root": s3_root},
+    "merge_strategy": {"parameters": "soft"},
 }
 
 # S3 datasets (conf/cloud): all-or-nothing saves, clear errors and a bucket check before a run.

@@ -20,7 +20,14 @@ from capacity_forecaster.pipelines.etl.nodes import (
 )
 from capacity_forecaster.schema import METRICS
 from tests.conftest import PROJECT_PATH
-from tests.pipelines.etl.test_nodes import CALENDAR, CLEAN_DEFAULTS, PARAMS, daily_frame, inventory
+from tests.pipelines.etl.test_nodes import (
+    CALENDAR,
+    CLEAN_DEFAULTS,
+    PARAMS,
+    STALE_AFTER_DAYS,
+    daily_frame,
+    inventory,
+)
 
 M = list(METRICS)
 BITBRAINS = PROJECT_PATH / "../shared/data/bitbrains_rnd_sample_5min.csv.gz"
@@ -131,7 +138,7 @@ def test_real_bitbrains_5_minute_export():
     )
     daily, a_stats = aggregate_daily_metrics(validated, PARAMS["min_daily_coverage"])
     clean, c_stats = clean_daily_metrics(daily, **CLEAN_DEFAULTS)
-    report = build_data_quality_report(v_stats, a_stats, c_stats)
+    report = build_data_quality_report(v_stats, a_stats, c_stats, clean, STALE_AFTER_DAYS)
     features = build_server_features(clean, PARAMS["lags"], PARAMS["rolling_windows"], **CALENDAR)
 
     assert report["sampling"] == "sub-daily" and report["servers"] == 10 and report["rows_in"] == 251_915
