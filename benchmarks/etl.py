@@ -91,7 +91,7 @@ def run_etl(
     seconds["clean"] = time.perf_counter() - t
     del daily
     t = time.perf_counter()
-    report = build_data_quality_report(v_stats, a_stats, c_stats, clean, 7)
+    report = build_data_quality_report(v_stats, a_stats, c_stats, 7)
     seconds["report"] = time.perf_counter() - t
     t = time.perf_counter()
     features = build_server_features(clean, [1, 7, 30, 90, 97, 364], [7, 14, 30], **CALENDAR)

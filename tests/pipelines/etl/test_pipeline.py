@@ -138,7 +138,7 @@ def test_real_bitbrains_5_minute_export():
     )
     daily, a_stats = aggregate_daily_metrics(validated, PARAMS["min_daily_coverage"])
     clean, c_stats = clean_daily_metrics(daily, **CLEAN_DEFAULTS)
-    report = build_data_quality_report(v_stats, a_stats, c_stats, clean, STALE_AFTER_DAYS)
+    report = build_data_quality_report(v_stats, a_stats, c_stats, STALE_AFTER_DAYS)
     features = build_server_features(clean, PARAMS["lags"], PARAMS["rolling_windows"], **CALENDAR)
 
     assert report["sampling"] == "sub-daily" and report["servers"] == 10 and report["rows_in"] == 251_915

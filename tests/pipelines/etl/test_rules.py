@@ -11,6 +11,7 @@ import pytest
 
 from capacity_forecaster.datasets.metrics_export import MetricsExportDataset
 from capacity_forecaster.datasets.optional import OptionalCSVDataset
+from capacity_forecaster.freshness import analysis_date, find_stale_servers
 from capacity_forecaster.pipelines.etl.nodes import (
     RawMetricsError,
     aggregate_daily_metrics,
@@ -42,7 +43,7 @@ def run_etl(raw: pd.DataFrame, inv: pd.DataFrame | None = None, **validate) -> t
     validated, v_stats = validate_raw_metrics(raw, inv, **args)
     daily, a_stats = aggregate_daily_metrics(validated, 0.5)
     clean, c_stats = clean_daily_metrics(daily, **CLEAN_DEFAULTS)
-    return clean, build_data_quality_report(v_stats, a_stats, c_stats, clean, STALE_AFTER_DAYS)
+    return clean, build_data_quality_report(v_stats, a_stats, c_stats, STALE_AFTER_DAYS)
 
 
 def five_minute_frame(days: int = 35, level: float = 20.0, seed: int = 0) -> pd.DataFrame:
@@ -225,15 +226,43 @@ def test_single_joined_column_gets_a_delimiter_hint():
 
 # ------------------------------------------------------------------------------------ stale servers
 def test_server_that_stopped_reporting_is_listed_as_stale_without_invented_rows():
-    raw = daily_frame(60, servers=("a", "b", "quiet"))
+    raw = daily_frame(60, servers=("a", "b", "quiet", "hollow"))
     dates = pd.to_datetime(raw["timestamp"])
-    raw = raw.loc[~((raw["server_id"] == "quiet") & (dates > dates.max() - pd.Timedelta(days=18)))]
+    raw = raw.loc[~((raw["server_id"] == "quiet") & (dates > dates.max() - pd.Timedelta(days=18)))].copy()
+    hollow = (raw["server_id"] == "hollow") & (
+        pd.to_datetime(raw["timestamp"]) > dates.max() - pd.Timedelta(days=10)
+    )
+    raw.loc[hollow, M] = np.nan  # rows still exported, with empty values
     clean, report = run_etl(raw)
     assert report["stale_after_days"] == STALE_AFTER_DAYS and report["analysis_date"] == "2023-03-02"
-    assert report["stale_servers"] == [{"server_id": "quiet", "last_day": "2023-02-12", "days_silent": 18}]
+    assert report["stale_servers"] == [
+        {"server_id": "quiet", "last_day": "2023-02-12", "days_silent": 18},
+        {"server_id": "hollow", "last_day": "2023-02-20", "days_silent": 10},
+    ]
     quiet = clean.loc[clean["server_id"] == "quiet", "date"]
     assert quiet.max() == pd.Timestamp("2023-02-12")  # its calendar ends at its own last day
-    assert report["long_gaps"] == []  # silence at the end is staleness, not a gap
+    assert [g["server_id"] for g in report["long_gaps"]] == [
+        "hollow"
+    ]  # its empty tail is reported, not filled
+
+
+def test_report_applies_the_freshness_rule_as_on_the_clean_table():
+    raw = daily_frame(60, servers=("a", "b", "c"))
+    raw.loc[(raw["server_id"] == "b") & (raw["timestamp"] >= "2023-02-20"), M] = np.nan
+    raw.loc[(raw["server_id"] == "c") & (raw["timestamp"] == "2023-03-02"), "cpu_p95"] = (
+        99.0  # replaced glitch
+    )
+    raw.loc[(raw["server_id"] == "c") & (raw["timestamp"] == "2023-03-02"), M[1:]] = np.nan
+    validated, _ = validate_raw_metrics(raw, inventory("a", "b", "c"), {}, {}, "error")
+    daily, _ = aggregate_daily_metrics(validated, 0.5)
+    clean, stats = clean_daily_metrics(daily, **CLEAN_DEFAULTS)
+    for days in (0, 1, 7, 10):
+        pd.testing.assert_frame_equal(
+            find_stale_servers(stats["server_last_days"], days), find_stale_servers(clean, days)
+        )
+    assert analysis_date(stats["server_last_days"]) == analysis_date(clean)
+    # b's tail is empty; c's last value is an edge glitch: flagged, kept, so observed
+    assert find_stale_servers(clean, 0)["server_id"].tolist() == ["b"]
 
 
 # ------------------------------------------------------------------------------------ unknown servers

@@ -64,7 +64,6 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "validation_stats": "etl_validation_stats",
                     "aggregation_stats": "etl_aggregation_stats",
                     "cleaning_stats": "etl_cleaning_stats",
-                    "clean_server_metrics": "clean_server_metrics",
                     "stale_after_days": "params:stale_after_days",
                 },
                 outputs="data_quality_report",
