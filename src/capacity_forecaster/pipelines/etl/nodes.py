@@ -384,11 +384,12 @@ def _merge_conflicting_rows(
     merged = rows.groupby(["server_id", "timestamp"], observed=True, sort=False)[_METRICS].max().reset_index()
     stats["timestamps"] = len(merged)
     stats["rows_merged"] = int(conflicting.sum()) - len(merged)
-    for key, group in list(rows.groupby(["server_id", "timestamp"], observed=True, sort=False))[:_N_EXAMPLES]:
+    for key in merged.head(_N_EXAMPLES).itertuples(index=False):
+        group = rows.loc[(rows["server_id"] == key.server_id) & (rows["timestamp"] == key.timestamp)]
         stats["examples"].append(
             {
-                "server_id": str(key[0]),
-                "timestamp": str(key[1]),
+                "server_id": str(key.server_id),
+                "timestamp": str(key.timestamp),
                 **{m: [None if np.isnan(v) else float(v) for v in group[m]] for m in _METRICS},
             }
         )
