@@ -282,3 +282,28 @@ def test_unknown_servers_keep_without_an_inventory_file(tmp_path):
     present = OptionalCSVDataset(filepath=str(tmp_path / "present.csv"), columns=["server_id"]).load()
     _, report = run_etl(raw, present, unknown_servers="keep")
     assert report["unknown_servers"] == ["b"] and report["unknown_server_rows_kept"] == 20
+
+
+@pytest.mark.parametrize(("busy_samples", "kept"), [(24, True), (10, False)])
+def test_partial_day_is_never_imputed_below_what_its_samples_prove(busy_samples, kept):
+    """Only ``busy_samples`` 5-minute samples (all at 100 %) survive on 2023-03-16 of a VM at ~20 %. With 288
+    samples in a full day, 16 samples at 100 % already make its P95 100 %: 24 prove the peak, 10 do not."""
+    raw = five_minute_frame()
+    day = raw.index[raw["timestamp"].str.startswith("2023-03-16")]
+    raw = raw.drop(index=day[busy_samples:])
+    raw.loc[day[:busy_samples], "cpu_p95"] = 100.0
+    clean, report = run_etl(raw)
+    row = series(clean, "vm", "cpu_p95").loc["2023-03-16"]
+    assert row["is_imputed"] and (row["value"] == 100.0) == kept and (kept or row["value"] < 40)
+    listed = [d for d in report["replaced_days"] if d["metric"] == "cpu_p95"]
+    assert listed == [
+        {
+            "server_id": "vm",
+            "metric": "cpu_p95",
+            "date": "2023-03-16",
+            "before": 100.0,
+            "after": round(row["value"], 2),
+            "rule": "partial_day",
+        }
+    ]
+    assert report["days_replaced_above_high_threshold"] == (0 if kept else 1)  # lowered: counted and logged

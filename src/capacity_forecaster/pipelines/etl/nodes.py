@@ -34,6 +34,7 @@ _UNKNOWN_SERVER_ACTIONS = ("error", "drop", "keep")
 _IMPUTATION_METHODS = ("time", "seasonal")
 _NS_PER_DAY = 86_400_000_000_000
 _DEFAULT_MIN_DATE = "2000-01-01"
+_FLOOR = "partial_floor_"  # daily column prefix: lower bound of a partial day's P95 (aggregation -> cleaning)
 _MIN_ROWS_RATIO_CHECK = 100  # fewer finite values than this: too few to call a metric a ratio
 
 
@@ -403,6 +404,30 @@ def _merge_conflicting_rows(
     return frame, stats
 
 
+def _partial_day_floors(
+    values: np.ndarray, group: np.ndarray, sizes: np.ndarray, partial: np.ndarray, typical: np.ndarray
+) -> dict[str, np.ndarray]:
+    """Per partial day and metric, a lower bound of the P95 the full day would have had (NaN elsewhere).
+
+    With ``n`` samples in a full day (the server's usual count), the linear P95 is at least ``v`` as soon as
+    ``n - floor(0.95 (n - 1))`` samples are ``>= v``; so the partial day's k-th largest sample, with that ``k``,
+    is a value its full day reached whatever the missing samples were. Cleaning never imputes a partial day
+    below it, so a peak seen in the hours that were collected is not erased.
+    """
+    floors = {metric: np.full(len(sizes), np.nan) for metric in _METRICS}
+    if not partial.any():
+        return floors
+    in_partial = np.repeat(partial, sizes)
+    days = group[in_partial]
+    need = (typical - np.floor(0.95 * (typical - 1)))[days]
+    samples = values[in_partial]
+    ranks = pd.DataFrame(samples, columns=_METRICS).groupby(days).rank(ascending=False, method="first")
+    for m, metric in enumerate(_METRICS):
+        hit = ranks[metric].to_numpy() == need
+        floors[metric][days[hit]] = samples[hit, m]
+    return floors
+
+
 def aggregate_daily_metrics(
     validated_metrics: pd.DataFrame, min_daily_coverage: float
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
@@ -413,8 +438,9 @@ def aggregate_daily_metrics(
     through). When a day has several samples, its value is their 95th percentile (linear interpolation, NaN
     samples ignored). In a sub-daily export, a day with fewer samples than ``min_daily_coverage`` x the server's
     median samples per day (e.g. an outage that left two hours of data) would give a biased P95: inside the
-    series it is marked ``is_partial`` (cleaning turns it into a gap, imputed or reported, and lists it), at the
-    start or end of a series it is dropped. Both are counted.
+    series it is marked ``is_partial`` (cleaning turns it into a gap, imputed or reported, and lists it; the
+    ``partial_floor_<metric>`` columns hold what its samples prove about the full day's P95), at the start or
+    end of a series it is dropped. Both are counted.
 
     Args:
         validated_metrics: Output of ``validate_raw_metrics``.
@@ -472,6 +498,9 @@ def aggregate_daily_metrics(
         sparse_edge, sparse_blanked = int(edge.sum()), int(interior.sum())
         daily["samples"] = sizes.astype("int32")
         daily["is_partial"] = interior
+        floors = _partial_day_floors(values, group, sizes, interior, typical)
+        for metric in _METRICS:
+            daily[_FLOOR + metric] = floors[metric]
         daily = daily.loc[~edge].reset_index(drop=True)
     else:
         daily["samples"] = sizes.astype("int32")
@@ -663,7 +692,8 @@ def clean_daily_metrics(  # noqa: PLR0915
     flagged while one-off glitches are. With ``replace_outliers`` flagged values of a daily export (one row per
     day) are re-estimated like gaps. A day aggregated from sub-daily samples is never replaced by this rule: its
     P95 of many samples is already robust to a single glitch, so an unusual day is a real one (flagged, kept).
-    Partial days (``is_partial`` from aggregation: a collection artefact) become gaps. Every replaced day is
+    Partial days (``is_partial`` from aggregation: a collection artefact) become gaps, never imputed below the
+    lower bound their samples prove (``partial_floor_<metric>``). Every replaced day is
     listed in the statistics (server, metric, date, before, after, rule), those above ``high_threshold`` counted.
     Runs of missing days up to ``max_gap_days`` long with observed days on both sides are imputed
     (``is_imputed``); longer gaps and gaps at a series edge stay NaN and are listed in the statistics.
@@ -752,6 +782,11 @@ def clean_daily_metrics(  # noqa: PLR0915
             replaced = replaceable & (masked_length <= max_gap_days)
         update = gap_filled | replaced
         x[update] = estimate[update]
+        if _FLOOR + metric in daily_metrics:  # a partial day is never imputed below what its samples prove
+            floor = np.full((n_series, n_days), np.nan)
+            floor[codes, col] = daily_metrics[_FLOOR + metric].to_numpy(dtype="float64")
+            raise_to = gap_filled & (floor > x)
+            x[raise_to] = floor[raise_to]
         kept = observed & ~replaced
         last_kept = n_days - 1 - np.argmax(kept[:, ::-1], axis=1)
         last_observed = np.maximum(last_observed, np.where(kept.any(axis=1), last_kept, -1))
