@@ -356,17 +356,14 @@ def _same_server_and_time(frame: pd.DataFrame) -> np.ndarray:
     if len(ts) < 2:
         return np.zeros(len(ts), dtype=bool)
     same_server = codes[1:] == codes[:-1]
-    if bool(
-        ((codes[1:] > codes[:-1]) | (same_server & (ts[1:] >= ts[:-1]))).all()
-    ):  # sorted: look at neighbours
+    in_order = bool(((codes[1:] > codes[:-1]) | (same_server & (ts[1:] >= ts[:-1]))).all())
+    if in_order:  # the usual export order (server, time): equal keys are neighbours
         pair = same_server & (ts[1:] == ts[:-1])
         return np.r_[pair, False] | np.r_[False, pair]
     return frame.duplicated(["server_id", "timestamp"], keep=False).to_numpy()
 
 
-def _merge_conflicting_rows(
-    frame: pd.DataFrame,
-) -> tuple[pd.DataFrame, dict[str, Any]]:
+def _merge_conflicting_rows(frame: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Merges rows with the same server_id and timestamp but different values into one: the max per metric.
 
     The max is the conservative choice for capacity (a real peak is never averaged away). Returns the frame with
