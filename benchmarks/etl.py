@@ -87,11 +87,11 @@ def run_etl(
     seconds["aggregate"] = time.perf_counter() - t
     del validated
     t = time.perf_counter()
-    clean, c_stats = clean_daily_metrics(daily, 5, "time", 5.0, 3, 1.0, True, **CALENDAR)
+    clean, c_stats = clean_daily_metrics(daily, 5, "time", 5.0, 3, 1.0, True, **CALENDAR, high_threshold=80.0)
     seconds["clean"] = time.perf_counter() - t
     del daily
     t = time.perf_counter()
-    report = build_data_quality_report(v_stats, a_stats, c_stats)
+    report = build_data_quality_report(v_stats, a_stats, c_stats, 7)
     seconds["report"] = time.perf_counter() - t
     t = time.perf_counter()
     features = build_server_features(clean, [1, 7, 30, 90, 97, 364], [7, 14, 30], **CALENDAR)
@@ -134,7 +134,8 @@ def main() -> None:
         print(
             f"    report: duplicates {report['duplicates_removed']:,}, imputed {report['values_imputed']:,}, "
             f"clipped {report['values_clipped']:,}, outliers {report['values_flagged_outlier']:,} "
-            f"(replaced {report['outliers_replaced']:,}), left missing {report['values_left_missing']:,}, "
+            f"(replaced {report['outliers_replaced']:,}, {report['days_replaced_above_high_threshold']:,} of them "
+            f"above 80 %), left missing {report['values_left_missing']:,}, "
             f"servers with long gaps {len(report['servers_with_long_gaps']):,}; clean "
             f"{clean.memory_usage(deep=True).sum() / 1e9:.2f} GB, features "
             f"{features.memory_usage(deep=True).sum() / 1e9:.2f} GB in memory (key columns shared)",

@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import logging
+import zlib
 from typing import Any
 
 import pandas as pd
@@ -14,12 +16,49 @@ from kedro.io import AbstractDataset
 from kedro.io.core import get_filepath_str
 from kedro_datasets.pandas import CSVDataset, ParquetDataset
 
+logger = logging.getLogger(__name__)
+
 _PARQUET_SUFFIXES = (".parquet", ".pq")
 _CSV_SUFFIXES = (".csv", ".csv.gz", ".csv.gzip", ".txt", ".txt.gz")
+_HEAD_BYTES = 65_536
+_PARQUET_MAGIC = b"PAR1"
+_GZIP_MAGIC = b"\x1f\x8b"
+_OTHER_SIGNATURES = {b"PK\x03\x04": "a ZIP archive (an Excel .xlsx, or a zipped CSV?)"}
+_DELIMITERS = (",", ";", "\t", "|")
+
+
+def _sniff_content(head: bytes) -> tuple[str, str, bool]:
+    """What the first bytes of a file hold: the kind (``parquet``, ``csv`` for any text, ``other``), the CSV
+    header line or what the other content is, and whether it is gzip-compressed."""
+    if head.startswith(_PARQUET_MAGIC):
+        return "parquet", "", False
+    gzipped = head.startswith(_GZIP_MAGIC)
+    if gzipped:
+        head = zlib.decompressobj(wbits=31).decompress(head, _HEAD_BYTES)
+    for signature, what in _OTHER_SIGNATURES.items():
+        if head.startswith(signature):
+            return "other", what, gzipped
+    if b"\x00" in head:
+        return "other", "binary data (NUL bytes), not text", gzipped
+    return "csv", head.split(b"\n", 1)[0].decode("utf-8", errors="replace"), gzipped
+
+
+def _delimiter(header: str) -> str:
+    """The delimiter of a CSV header line: ``,`` unless it has none and another candidate appears."""
+    counts = {d: header.count(d) for d in _DELIMITERS}
+    if counts[","]:
+        return ","
+    best = max(counts, key=counts.get)
+    return best if counts[best] else ","
 
 
 class MetricsExportDataset(AbstractDataset[pd.DataFrame, pd.DataFrame]):
-    """Loads a metrics export (CSV, ``.csv.gz`` or Parquet, chosen by the file suffix) on any fsspec path.
+    """Loads a metrics export (CSV, ``.csv.gz`` or Parquet) on any fsspec path.
+
+    The format on load follows the file's content, not only its suffix: a Parquet file named ``.csv`` is read
+    as Parquet, a gzip stream as gzip, and a CSV separated by ``;``, a tab or ``|`` (with no comma in its header
+    line) is read with that delimiter unless ``load_args`` names one. Anything else (e.g. an Excel file) is a
+    clear error naming the file.
 
     The loaded frame carries its full path (with protocol, e.g. ``s3://bucket/raw/metrics.csv.gz``) in
     ``frame.attrs["source"]``, so that ETL validation errors can name the file without the nodes knowing paths.
@@ -60,6 +99,9 @@ class MetricsExportDataset(AbstractDataset[pd.DataFrame, pd.DataFrame]):
         self._filepath = str(filepath)
         self._gzip_save = False
         self.metadata = metadata
+        self._load_args = dict(load_args or {})
+        self._credentials = credentials
+        self._fs_args = fs_args
         lower = self._filepath.lower()
         common = {"filepath": self._filepath, "credentials": credentials}
         if lower.endswith(_PARQUET_SUFFIXES):
@@ -80,10 +122,53 @@ class MetricsExportDataset(AbstractDataset[pd.DataFrame, pd.DataFrame]):
             )
 
     def load(self) -> pd.DataFrame:
-        """Loads the export and records its path in ``attrs["source"]``."""
-        frame = self._delegate.load()
+        """Loads the export in the format its content shows and records its path in ``attrs["source"]``.
+
+        Raises:
+            ValueError: If the file is neither CSV nor Parquet.
+        """
+        kind, detail, gzipped = _sniff_content(self._read_head())
+        if kind == "other":
+            raise ValueError(
+                f"file {self._filepath}: not a CSV or Parquet export, it holds {detail}. Export the metrics as "
+                "CSV (optionally gzip) or Parquet."
+            )
+        if kind != self._format:
+            logger.warning(
+                "%s holds %s although its name says %s: reading it as %s",
+                self._filepath,
+                kind,
+                self._format,
+                kind,
+            )
+        frame = self._reader(kind, detail, gzipped).load()
         frame.attrs["source"] = self._filepath
         return frame
+
+    def _read_head(self) -> bytes:
+        """The first bytes of the file, through the delegate's filesystem (credentials and fs_args apply)."""
+        path = get_filepath_str(self._delegate._get_load_path(), self._delegate._protocol)
+        with self._delegate._fs.open(path, mode="rb") as stream:
+            return stream.read(_HEAD_BYTES)
+
+    def _reader(self, kind: str, header: str, gzipped: bool) -> AbstractDataset:
+        """The delegate that reads ``kind``: the configured one, or one adapted to what the content shows."""
+        common = {"filepath": self._filepath, "credentials": self._credentials, "fs_args": self._fs_args}
+        if kind == "parquet":
+            return self._delegate if self._format == "parquet" else ParquetDataset(**common)
+        load_args = dict(self._load_args)
+        if "sep" not in load_args and "delimiter" not in load_args:
+            delimiter = _delimiter(header)
+            if delimiter != ",":
+                logger.info(
+                    "%s: header has no comma, reading it with delimiter %r", self._filepath, delimiter
+                )
+                load_args["sep"] = delimiter
+        if "compression" not in load_args and gzipped != self._filepath.lower().endswith((".gz", ".gzip")):
+            load_args["compression"] = "gzip" if gzipped else None  # the content, not the name, decides
+        if load_args == self._load_args and self._format == "csv":
+            return self._delegate
+        return CSVDataset(**common, load_args=load_args)
 
     def save(self, data: pd.DataFrame) -> None:
         """Saves ``data`` in the format given by the suffix (gzip CSV for ``.csv.gz``)."""

@@ -31,8 +31,10 @@ CLEAN_DEFAULTS = {
     "outlier_window_weeks": PARAMS["outlier_window_weeks"],
     "outlier_min_scale": PARAMS["outlier_min_scale"],
     "replace_outliers": PARAMS["replace_outliers"],
+    "high_threshold": PARAMS["high_threshold"],
     **CALENDAR,
 }
+STALE_AFTER_DAYS = yaml.safe_load((PROJECT_PATH / "conf/base/parameters.yml").read_text())["stale_after_days"]
 
 
 def daily_frame(n_days: int = 120, servers: tuple[str, ...] = ("a", "b"), seed: int = 0) -> pd.DataFrame:
@@ -235,8 +237,17 @@ def test_sparse_sub_daily_days_become_gaps_or_are_dropped_at_the_edges():
     validated, _ = validate_raw_metrics(raw, inventory("a", "b"), {}, {}, "error")
     daily, stats = aggregate_daily_metrics(validated, 0.5)
     a = daily[daily["server_id"] == "a"].set_index("date")
-    assert a.loc["2023-03-03", M].isna().all() and stats["sparse_days_blanked"] == 1
+    assert a.loc["2023-03-03", "is_partial"] and stats["sparse_days_blanked"] == 1
+    assert a["is_partial"].sum() == 1 and a.loc["2023-03-03", "samples"] == 2
     assert a.index.max() == pd.Timestamp("2023-03-05") and stats["sparse_edge_days_dropped"] == 1
+    clean, c_stats = clean_daily_metrics(daily, **CLEAN_DEFAULTS)  # the partial day becomes an imputed gap
+    day = clean[(clean["server_id"] == "a") & (clean["date"] == "2023-03-03")]
+    assert day["is_imputed"].all() and c_stats["days_replaced_by_rule"] == {"partial_day": 4}
+    listed = pd.DataFrame(c_stats["replaced_days"])
+    assert set(listed["date"]) == {"2023-03-03"} and set(listed["rule"]) == {"partial_day"}
+    assert listed.set_index("metric")["before"].to_dict() == pytest.approx(
+        a.loc["2023-03-03", M].astype(float).round(2).to_dict()
+    )
 
 
 # ------------------------------------------------------------------------------------------ cleaning
@@ -399,12 +410,13 @@ def test_quality_report_accounts_for_every_row_and_value():
     validated, v_stats = validate_raw_metrics(raw, inventory("a", "b", "c"), {}, {}, "drop")
     daily, a_stats = aggregate_daily_metrics(validated, 0.5)
     clean, c_stats = clean_daily_metrics(daily, **CLEAN_DEFAULTS)
-    report = build_data_quality_report(v_stats, a_stats, c_stats)
+    report = build_data_quality_report(v_stats, a_stats, c_stats, STALE_AFTER_DAYS)
     assert report["rows_in"] == len(raw) == 270 - 13 + 3 + 3
     assert report["unknown_server_rows_dropped"] == 3 and report["duplicates_removed"] == 3
     assert report["rows_in"] == (
         report["unknown_server_rows_dropped"]
         + report["duplicates_removed"]
+        + report["conflicting_rows_merged"]
         + report["subdaily_samples_aggregated"]
         + report["daily_rows_observed"]
     )
@@ -434,7 +446,9 @@ def test_report_refuses_numbers_that_do_not_add_up():
     daily, a_stats = aggregate_daily_metrics(validated, 0.5)
     clean, c_stats = clean_daily_metrics(daily, **CLEAN_DEFAULTS)
     with pytest.raises(RuntimeError, match="does not add up"):
-        build_data_quality_report({**v_stats, "rows_in": v_stats["rows_in"] + 1}, a_stats, c_stats)
+        build_data_quality_report(
+            {**v_stats, "rows_in": v_stats["rows_in"] + 1}, a_stats, c_stats, STALE_AFTER_DAYS
+        )
 
 
 # ------------------------------------------------------------------------------------------ features

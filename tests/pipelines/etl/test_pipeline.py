@@ -20,7 +20,14 @@ from capacity_forecaster.pipelines.etl.nodes import (
 )
 from capacity_forecaster.schema import METRICS
 from tests.conftest import PROJECT_PATH
-from tests.pipelines.etl.test_nodes import CALENDAR, CLEAN_DEFAULTS, PARAMS, daily_frame, inventory
+from tests.pipelines.etl.test_nodes import (
+    CALENDAR,
+    CLEAN_DEFAULTS,
+    PARAMS,
+    STALE_AFTER_DAYS,
+    daily_frame,
+    inventory,
+)
 
 M = list(METRICS)
 BITBRAINS = PROJECT_PATH / "../shared/data/bitbrains_rnd_sample_5min.csv.gz"
@@ -131,7 +138,7 @@ def test_real_bitbrains_5_minute_export():
     )
     daily, a_stats = aggregate_daily_metrics(validated, PARAMS["min_daily_coverage"])
     clean, c_stats = clean_daily_metrics(daily, **CLEAN_DEFAULTS)
-    report = build_data_quality_report(v_stats, a_stats, c_stats)
+    report = build_data_quality_report(v_stats, a_stats, c_stats, STALE_AFTER_DAYS)
     features = build_server_features(clean, PARAMS["lags"], PARAMS["rolling_windows"], **CALENDAR)
 
     assert report["sampling"] == "sub-daily" and report["servers"] == 10 and report["rows_in"] == 251_915
@@ -151,3 +158,17 @@ def test_real_bitbrains_5_minute_export():
     assert day["value"].item() == pytest.approx(np.quantile(samples, 0.95))
     # short history: the long lags exist but are empty, the short ones are filled
     assert features["lag_364"].isna().all() and features["lag_7"].notna().mean() > 0.8
+
+
+@pytest.mark.skipif(not BITBRAINS.exists(), reason=f"real Bitbrains sample not present at {BITBRAINS}")
+def test_bitbrains_env_runs_without_inventory_and_a_dotted_override_changes_one_key(kedro_session, data_root):
+    """``kedro run --env bitbrains --pipelines etl --params etl.high_threshold=90``: the env's own etl keys, the
+    override and base's other etl defaults all apply (parameters merge key by key); no real peak is replaced."""
+    with kedro_session(env="bitbrains", runtime_params={"etl": {"high_threshold": 90}}) as session:
+        session.run(pipeline_names=["etl"])
+    report = json.loads((data_root / "08_reporting/data_quality_report.json").read_text())
+    assert report["high_threshold"] == 90  # the override
+    assert report["unknown_servers_action"] == "keep" and len(report["unknown_servers"]) == 10  # the env
+    assert report["valid_date_range"][0] == "2000-01-01" and report["rows_out"] == 910  # base defaults
+    assert report["outliers_replaced"] == 0 and report["days_replaced_above_high_threshold"] == 0
+    assert {d["rule"] for d in report["replaced_days"]} == {"partial_day"}

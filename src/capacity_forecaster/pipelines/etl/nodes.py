@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from capacity_forecaster.calendar import calendar_features
+from capacity_forecaster.freshness import analysis_date, find_stale_servers
 from capacity_forecaster.schema import METRICS
 
 logger = logging.getLogger(__name__)
@@ -32,6 +33,9 @@ _MEAN_AD_TO_SD = 1.2533  # sqrt(pi / 2): mean absolute deviation -> sd for norma
 _UNKNOWN_SERVER_ACTIONS = ("error", "drop", "keep")
 _IMPUTATION_METHODS = ("time", "seasonal")
 _NS_PER_DAY = 86_400_000_000_000
+_DEFAULT_MIN_DATE = "2000-01-01"
+_FLOOR = "partial_floor_"  # daily column prefix: lower bound of a partial day's P95 (aggregation -> cleaning)
+_MIN_ROWS_RATIO_CHECK = 100  # fewer finite values than this: too few to call a metric a ratio
 
 
 class RawMetricsError(ValueError):
@@ -80,6 +84,16 @@ def _parse_timestamps(column: pd.Series) -> pd.Series:
     return parsed.dt.tz_localize(None)
 
 
+def _is_boolean(column: pd.Series) -> bool:
+    """True for a column of booleans (``bool``/``boolean`` dtype, or Python bools in an object column)."""
+    if pd.api.types.is_bool_dtype(column.dtype):
+        return True
+    if column.dtype != object:
+        return False
+    present = column.dropna()
+    return len(present) > 0 and all(isinstance(v, (bool, np.bool_)) for v in present.head(1000))
+
+
 def _parse_metric(column: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     """Returns float64 values and the mask of cells that hold something that is not a finite number."""
     if pd.api.types.is_numeric_dtype(column.dtype) and not pd.api.types.is_bool_dtype(column.dtype):
@@ -95,18 +109,58 @@ def _parse_metric(column: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     return values, (np.isnan(values) & ~blank) | np.isinf(values)
 
 
-def validate_raw_metrics(
+def _date_bounds(valid_date_range: dict[str, Any] | None) -> tuple[pd.Timestamp, pd.Timestamp]:
+    """First allowed day and the first day after the allowed range: ``max: null`` means today (UTC) + 1 day."""
+    bounds = {"min": _DEFAULT_MIN_DATE, "max": None, **(valid_date_range or {})}
+    unknown = set(bounds) - {"min", "max"}
+    if unknown:
+        raise ValueError(f"params:etl.valid_date_range takes the keys min and max, got {sorted(unknown)}")
+    low = pd.Timestamp(bounds["min"] or _DEFAULT_MIN_DATE).normalize()
+    high = (
+        pd.Timestamp.now(tz="UTC").tz_localize(None).normalize() + pd.Timedelta(days=1)
+        if bounds["max"] is None
+        else pd.Timestamp(bounds["max"]).normalize()
+    )
+    if high < low:
+        raise ValueError(f"params:etl.valid_date_range: max {high.date()} is before min {low.date()}")
+    return low, high + pd.Timedelta(days=1)
+
+
+def _scales(value_scale: float | dict[str, float] | None) -> dict[str, float]:
+    """Per metric factor from ``params:etl.value_scale``: one number for all metrics or metric -> factor."""
+    if value_scale is None:
+        return {}
+    if isinstance(value_scale, dict):
+        unknown = sorted(set(value_scale) - set(_METRICS))
+        if unknown:
+            raise ValueError(f"params:etl.value_scale: unknown metric(s) {unknown}; metrics are {_METRICS}")
+        return {m: float(f) for m, f in value_scale.items()}
+    return dict.fromkeys(_METRICS, float(value_scale))
+
+
+def _looks_like_ratios(values: np.ndarray) -> bool:
+    """True when a metric's whole range sits in [0, 1] (not all zero) over a non-trivial number of rows."""
+    finite = values[np.isfinite(values)]
+    return len(finite) >= _MIN_ROWS_RATIO_CHECK and finite.min() >= 0.0 and 0.0 < finite.max() <= 1.0
+
+
+def validate_raw_metrics(  # noqa: PLR0912, PLR0915 (one check after the other, all problems collected)
     raw_server_metrics: pd.DataFrame,
     server_inventory: pd.DataFrame,
     column_mapping: dict[str, str] | None,
     throughput_capacity: dict[str, float] | None,
     unknown_servers: str,
+    value_scale: float | dict[str, float] | None = None,
+    valid_date_range: dict[str, Any] | None = None,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Checks a raw export and returns it typed: naive UTC timestamps, categorical server ids, float64 metrics.
 
     Every problem found is collected first, then one ``RawMetricsError`` names the file
     (``raw_server_metrics.attrs["source"]``), each bad column, how many rows are affected, example rows and what
-    is wrong. Empty metric cells are allowed (they become gaps); text, ``inf`` or unparseable timestamps are not.
+    is wrong. Empty metric cells are allowed (they become gaps); text, ``inf``, booleans, unparseable timestamps
+    and timestamps outside ``valid_date_range`` (a 1970 epoch-0 or a 2031 typo would stretch the calendar) are
+    not. A metric whose whole range sits in [0, 1] looks like 0-1 ratios exported instead of percent: it is an
+    error unless ``value_scale`` names a factor for it (100 for ratios, 1 to confirm percentages below 1 %).
 
     Args:
         raw_server_metrics: Export with ``timestamp``, ``server_id`` and the four metric columns (after mapping).
@@ -116,7 +170,12 @@ def validate_raw_metrics(
             (e.g. ``{disk_io_p95: 102400}`` KB/s); those values become % of capacity
             (``params:etl.throughput_capacity``).
         unknown_servers: What to do with servers missing from the inventory: ``error``, ``drop`` (rows removed
-            and reported) or ``keep`` (reported only) (``params:etl.unknown_servers``).
+            and reported) or ``keep`` (reported only) (``params:etl.unknown_servers``). An empty inventory (no
+            file) makes every server unknown.
+        value_scale: Factor the export's values are multiplied by, one number or per metric, e.g.
+            ``{cpu_p95: 100}`` for 0-1 ratios (``params:etl.value_scale``; before ``throughput_capacity``).
+        valid_date_range: ``{min: "2000-01-01", max: null}``: first and last allowed day, ``max: null`` = today
+            (UTC) + 1 day (``params:etl.valid_date_range``).
 
     Returns:
         The typed frame (only the required columns) and validation statistics for the quality report.
@@ -130,14 +189,24 @@ def validate_raw_metrics(
     missing = [c for c in _REQUIRED if c not in frame.columns]
     if missing:
         first = frame.head(_N_EXAMPLES).to_dict(orient="records")
+        joined = [d for d in (";", "\t", "|") if any(d in str(c) for c in frame.columns)]
+        hint = (
+            f" The header looks separated by {joined[0]!r}, not ',': read the file with that delimiter "
+            f"(load_args: {{sep: {joined[0]!r}}} in the catalog entry)."
+            if joined
+            else ""
+        )
         raise RawMetricsError(
             f"file {source}: required column(s) {missing} not found. Columns present: {list(frame.columns)}; "
             f"example rows: {first}. Rename them with params:etl.column_mapping (e.g. {{cpu_pct: cpu_p95}})."
+            + hint
         )
     frame = frame[_REQUIRED]
     if frame.empty:
         raise RawMetricsError(f"file {source}: no data rows (columns {list(frame.columns)})")
     problems: list[str] = []
+    low, end = _date_bounds(valid_date_range)
+    scales = _scales(value_scale)
 
     if pd.api.types.is_numeric_dtype(frame["timestamp"].dtype):  # epoch numbers: unit unknown, refuse
         timestamps = pd.Series(pd.NaT, index=frame.index, dtype="datetime64[ns]")
@@ -155,6 +224,20 @@ def validate_raw_metrics(
         bad = timestamps.isna().to_numpy()
         if bad.any():
             problems.append(_problem(source, "timestamp", bad, frame, "are empty or not ISO 8601 timestamps"))
+        ts = timestamps.to_numpy(dtype="datetime64[ns]")
+        outside = ~bad & ((ts < low.to_datetime64()) | (ts >= end.to_datetime64()))
+        if outside.any():
+            problems.append(
+                _problem(
+                    source,
+                    "timestamp",
+                    outside,
+                    frame,
+                    f"fall outside the plausible range {low.date()} .. {(end - pd.Timedelta(days=1)).date()} "
+                    "(an epoch-0 1970 date or a typo?); correct or remove those rows, or widen "
+                    "params:etl.valid_date_range {min: ..., max: ...}",
+                )
+            )
 
     server_id = frame["server_id"]
     if not isinstance(server_id.dtype, pd.CategoricalDtype):
@@ -172,19 +255,47 @@ def validate_raw_metrics(
     metrics: dict[str, np.ndarray] = {}
     capacity = dict(throughput_capacity or {})
     for metric in _METRICS:
+        if _is_boolean(frame[metric]):
+            problems.append(
+                _problem(
+                    source,
+                    metric,
+                    frame[metric].notna().to_numpy(),
+                    frame,
+                    "hold booleans (True/False), not utilisation in %; export the numeric metric or map the "
+                    "right column with params:etl.column_mapping",
+                )
+            )
+            metrics[metric] = np.full(len(frame), np.nan)
+            continue
         values, bad = _parse_metric(frame[metric])
         if bad.any():
             problems.append(_problem(source, metric, bad, frame, "are not finite numbers"))
+        if metric in scales:
+            values = values * scales[metric]
+        elif metric not in capacity and _looks_like_ratios(values):
+            problems.append(
+                _problem(
+                    source,
+                    metric,
+                    np.isfinite(values),
+                    frame,
+                    "all lie in [0, 1]: these look like 0-1 ratios, not percent. Set params:etl.value_scale "
+                    f"{{{metric}: 100}} (or value_scale: 100 for every metric) to turn them into %, or "
+                    f"{{{metric}: 1}} if they really are percentages below 1 %",
+                )
+            )
         if metric in capacity:
             values = values / float(capacity[metric]) * 100.0
         metrics[metric] = values
 
-    if "server_id" not in server_inventory.columns:
+    no_inventory = server_inventory.empty and not len(server_inventory.columns)  # optional file absent
+    if "server_id" not in server_inventory.columns and not no_inventory:
         inv_source = server_inventory.attrs.get("source", "server_inventory")
         raise RawMetricsError(
             f"file {inv_source}: column 'server_id' not found (columns: {list(server_inventory.columns)})"
         )
-    known = set(server_inventory["server_id"].astype("str").str.strip())
+    known = set() if no_inventory else set(server_inventory["server_id"].astype("str").str.strip())
     unknown_names = sorted(set(server_id.categories) - known)
     unknown_mask = np.zeros(len(frame), dtype=bool)
     if unknown_names:
@@ -225,37 +336,121 @@ def validate_raw_metrics(
     stats = {
         "source": source,
         "rows_in": len(frame),
+        "valid_date_range": [str(low.date()), str((end - pd.Timedelta(days=1)).date())],
+        "value_scale": scales,
+        "server_inventory": "none (every server unknown)" if no_inventory else f"{len(known)} server(s)",
         "unknown_servers": unknown_names,
         "unknown_servers_action": unknown_servers,
         "unknown_server_rows_dropped": dropped,
+        "unknown_server_rows_kept": int(unknown_mask.sum()) if unknown_servers == "keep" else 0,
         "inventory_servers_without_metrics": len(known - set(server_id.categories)),
     }
     return validated, stats
 
 
 # ------------------------------------------------------------------------------------------- aggregation
+def _same_server_and_time(frame: pd.DataFrame) -> np.ndarray:
+    """Rows whose server_id and timestamp also appear on another row (every row of such a group is True)."""
+    codes = frame["server_id"].cat.codes.to_numpy()
+    ts = frame["timestamp"].to_numpy(dtype="datetime64[ns]")
+    if len(ts) < 2:
+        return np.zeros(len(ts), dtype=bool)
+    same_server = codes[1:] == codes[:-1]
+    in_order = bool(((codes[1:] > codes[:-1]) | (same_server & (ts[1:] >= ts[:-1]))).all())
+    if in_order:  # the usual export order (server, time): equal keys are neighbours
+        pair = same_server & (ts[1:] == ts[:-1])
+        return np.r_[pair, False] | np.r_[False, pair]
+    return frame.duplicated(["server_id", "timestamp"], keep=False).to_numpy()
+
+
+def _merge_conflicting_rows(frame: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Merges rows with the same server_id and timestamp but different values into one: the max per metric.
+
+    The max is the conservative choice for capacity (a real peak is never averaged away). Returns the frame with
+    one row per server and timestamp, and what was merged (counts and example groups) for the quality report.
+    """
+    conflicting = _same_server_and_time(frame)
+    stats: dict[str, Any] = {
+        "rule": "max of the conflicting values per metric (conservative for capacity)",
+        "timestamps": 0,
+        "rows_merged": 0,
+        "examples": [],
+    }
+    if not conflicting.any():
+        return frame, stats
+    rows = frame.loc[conflicting]
+    merged = rows.groupby(["server_id", "timestamp"], observed=True, sort=False)[_METRICS].max().reset_index()
+    stats["timestamps"] = len(merged)
+    stats["rows_merged"] = int(conflicting.sum()) - len(merged)
+    for key in merged.head(_N_EXAMPLES).itertuples(index=False):
+        group = rows.loc[(rows["server_id"] == key.server_id) & (rows["timestamp"] == key.timestamp)]
+        stats["examples"].append(
+            {
+                "server_id": str(key.server_id),
+                "timestamp": str(key.timestamp),
+                **{m: [None if np.isnan(v) else float(v) for v in group[m]] for m in _METRICS},
+            }
+        )
+    logger.warning(
+        "%d server/timestamp pair(s) had rows with different values (%d rows merged, rule: max), e.g. %s",
+        stats["timestamps"],
+        stats["rows_merged"],
+        stats["examples"][:1],
+    )
+    frame = pd.concat([frame.loc[~conflicting], merged], ignore_index=True)
+    return frame, stats
+
+
+def _partial_day_floors(
+    values: np.ndarray, group: np.ndarray, sizes: np.ndarray, partial: np.ndarray, typical: np.ndarray
+) -> dict[str, np.ndarray]:
+    """Per partial day and metric, a lower bound of the P95 the full day would have had (NaN elsewhere).
+
+    With ``n`` samples in a full day (the server's usual count), the linear P95 is at least ``v`` as soon as
+    ``n - floor(0.95 (n - 1))`` samples are ``>= v``; so the partial day's k-th largest sample, with that ``k``,
+    is a value its full day reached whatever the missing samples were. Cleaning never imputes a partial day
+    below it, so a peak seen in the hours that were collected is not erased.
+    """
+    floors = {metric: np.full(len(sizes), np.nan) for metric in _METRICS}
+    if not partial.any():
+        return floors
+    in_partial = np.repeat(partial, sizes)
+    days = group[in_partial]
+    need = (typical - np.floor(0.95 * (typical - 1)))[days]
+    samples = values[in_partial]
+    ranks = pd.DataFrame(samples, columns=_METRICS).groupby(days).rank(ascending=False, method="first")
+    for m, metric in enumerate(_METRICS):
+        hit = ranks[metric].to_numpy() == need
+        floors[metric][days[hit]] = samples[hit, m]
+    return floors
+
+
 def aggregate_daily_metrics(
     validated_metrics: pd.DataFrame, min_daily_coverage: float
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Removes exact duplicates and turns sub-daily samples into the daily P95 of each server and metric.
 
-    A day that has one row keeps its values unchanged (daily input passes through). When a day has several
-    samples, its value is their 95th percentile (linear interpolation, NaN samples ignored). In a sub-daily
-    export, a day with fewer samples than ``min_daily_coverage`` x the server's median samples per day (e.g. an
-    outage that left two hours of data) would give a biased P95: inside the series its values become a gap
-    (imputed or reported later), at the start or end of a series it is dropped. Both are counted.
+    Rows repeating a server and timestamp with different values are merged into their max per metric (counted
+    and listed in the statistics). A day that has one row keeps its values unchanged (daily input passes
+    through). When a day has several samples, its value is their 95th percentile (linear interpolation, NaN
+    samples ignored). In a sub-daily export, a day with fewer samples than ``min_daily_coverage`` x the server's
+    median samples per day (e.g. an outage that left two hours of data) would give a biased P95: inside the
+    series it is marked ``is_partial`` (cleaning turns it into a gap, imputed or reported, and lists it; the
+    ``partial_floor_<metric>`` columns hold what its samples prove about the full day's P95), at the start or
+    end of a series it is dropped. Both are counted.
 
     Args:
         validated_metrics: Output of ``validate_raw_metrics``.
         min_daily_coverage: Minimum share of a server's usual daily samples (``params:etl.min_daily_coverage``).
 
     Returns:
-        Daily frame ``server_id`` (categorical), ``date`` (midnight), metrics; sorted by server and date. And the
-        aggregation statistics for the quality report.
+        Daily frame ``server_id`` (categorical), ``date`` (midnight), metrics, ``samples`` (rows behind the day)
+        and ``is_partial``; sorted by server and date. And the aggregation statistics for the quality report.
     """
     n_in = len(validated_metrics)
     deduplicated = validated_metrics.loc[~validated_metrics.duplicated()]
     duplicates = n_in - len(deduplicated)
+    deduplicated, conflicts = _merge_conflicting_rows(deduplicated)
     codes = deduplicated["server_id"].cat.codes.to_numpy().astype("int64")
     ts = deduplicated["timestamp"].to_numpy(dtype="datetime64[ns]").astype("int64")
     day = ts // _NS_PER_DAY
@@ -298,12 +493,21 @@ def aggregate_daily_metrics(
         edge = sparse & ~((position > lo) & (position < hi))
         interior = sparse & ~edge
         sparse_edge, sparse_blanked = int(edge.sum()), int(interior.sum())
-        daily.loc[interior, _METRICS] = np.nan
+        daily["samples"] = sizes.astype("int32")
+        daily["is_partial"] = interior
+        floors = _partial_day_floors(values, group, sizes, interior, typical)
+        for metric in _METRICS:
+            daily[_FLOOR + metric] = floors[metric]
         daily = daily.loc[~edge].reset_index(drop=True)
+    else:
+        daily["samples"] = sizes.astype("int32")
+        daily["is_partial"] = False
     daily["server_id"] = daily["server_id"].cat.remove_unused_categories()
     stats = {
         "rows_after_validation": n_in,
         "duplicates_removed": duplicates,
+        "conflicting_rows_merged": conflicts["rows_merged"],
+        "conflicting_duplicates": conflicts,
         "sampling": "sub-daily" if sub_daily else "daily",
         "subdaily_samples_aggregated": int(len(deduplicated) - len(starts)),
         "daily_rows_observed": len(starts),
@@ -422,6 +626,36 @@ def _estimates(x: np.ndarray, method: str) -> tuple[np.ndarray, np.ndarray]:
     return filled, run_length
 
 
+def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """Rows as JSON-ready dicts: dates as YYYY-MM-DD, values rounded to 0.01, NaN as None."""
+    out = frame.assign(
+        date=frame["date"].dt.strftime("%Y-%m-%d"),
+        before=frame["before"].round(2),
+        after=frame["after"].round(2),
+    ).astype({"before": object, "after": object})
+    return out.where(out.notna(), None).to_dict(orient="records")
+
+
+def _server_last_days(
+    servers: pd.Index, dates: pd.DatetimeIndex, last_observed: np.ndarray, last: np.ndarray
+) -> pd.DataFrame:
+    """The smallest long table on which ``capacity_forecaster.freshness`` answers as on the clean table.
+
+    Per server: its last calendar day with an empty value, and its last day with an observed (not imputed)
+    value; a server without one has only the first row. Computed from the dense matrices, it spares the quality
+    report a pass over tens of millions of clean rows.
+    """
+    has_value = last_observed >= 0
+    return pd.DataFrame(
+        {
+            "server_id": np.r_[np.asarray(servers), np.asarray(servers)[has_value]],
+            "date": np.r_[dates[last].to_numpy(), dates[last_observed[has_value]].to_numpy()],
+            "value": np.r_[np.full(len(servers), np.nan), np.zeros(int(has_value.sum()))],
+            "is_imputed": False,
+        }
+    )
+
+
 def _runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Row, first column and length of every run of True along axis 1."""
     padded = np.zeros((mask.shape[0], mask.shape[1] + 2), dtype=np.int8)
@@ -443,6 +677,7 @@ def clean_daily_metrics(  # noqa: PLR0915
     country: str,
     month_end_business_days: int,
     quarter_end_business_days: int,
+    high_threshold: float = 80.0,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Builds the clean long table: complete calendar, clipped, outliers flagged, short gaps imputed.
 
@@ -451,7 +686,12 @@ def clean_daily_metrics(  # noqa: PLR0915
     from a robust baseline exceeds ``outlier_threshold`` x 1.4826 x MAD of the series' residuals. The baseline is
     the median of the same weekday over +-``outlier_window_weeks`` weeks, and on month-end, end-of-quarter and
     holiday days the series' typical residual on such days is subtracted first, so peaks that recur are not
-    flagged while one-off glitches are. With ``replace_outliers`` flagged values are re-estimated like gaps.
+    flagged while one-off glitches are. With ``replace_outliers`` flagged values of a daily export (one row per
+    day) are re-estimated like gaps. A day aggregated from sub-daily samples is never replaced by this rule: its
+    P95 of many samples is already robust to a single glitch, so an unusual day is a real one (flagged, kept).
+    Partial days (``is_partial`` from aggregation: a collection artefact) become gaps, never imputed below the
+    lower bound their samples prove (``partial_floor_<metric>``). Every replaced day is
+    listed in the statistics (server, metric, date, before, after, rule), those above ``high_threshold`` counted.
     Runs of missing days up to ``max_gap_days`` long with observed days on both sides are imputed
     (``is_imputed``); longer gaps and gaps at a series edge stay NaN and are listed in the statistics.
 
@@ -468,6 +708,8 @@ def clean_daily_metrics(  # noqa: PLR0915
         country: Holiday calendar (``params:calendar.country``).
         month_end_business_days: Month-end window (``params:calendar.month_end_business_days``).
         quarter_end_business_days: End-of-quarter window (``params:calendar.quarter_end_business_days``).
+        high_threshold: Utilisation (%): a replaced day above it that ends lower (or missing) is counted apart
+            and logged (``params:etl.high_threshold``).
 
     Returns:
         ``clean_server_metrics`` (server_id, metric, date, value, is_imputed, is_clipped, is_outlier; sorted by
@@ -506,9 +748,20 @@ def clean_daily_metrics(  # noqa: PLR0915
     flags = {name: np.zeros(shape, dtype=bool) for name in ("is_imputed", "is_clipped", "is_outlier")}
     by_metric: dict[str, dict[str, int]] = {}
     gap_rows: list[pd.DataFrame] = []
+    single = np.zeros((n_series, n_days), dtype=bool)  # days given by one row: a daily export's value
+    partial = np.zeros((n_series, n_days), dtype=bool)
+    samples = daily_metrics["samples"].to_numpy() if "samples" in daily_metrics else np.ones(len(codes), int)
+    single[codes, col] = samples <= 1
+    if "is_partial" in daily_metrics:
+        partial[codes, col] = daily_metrics["is_partial"].to_numpy(dtype=bool)
+    flat = codes * n_days + col
+    by_cell = np.argsort(flat, kind="stable")
+    replaced_parts: list[pd.DataFrame] = []
+    last_observed = np.full(n_series, -1, dtype="int64")  # last day with an observed, kept value (any metric)
     for m, metric in enumerate(_LONG_METRICS):
         x = np.full((n_series, n_days), np.nan)
         x[codes, col] = daily_metrics[metric].to_numpy(dtype="float64")
+        x[partial] = np.nan  # a partial day's P95 is biased: a gap (listed below with its value)
         observed = ~np.isnan(x)
         clipped = observed & ((x < 0) | (x > 100))
         np.clip(x, 0.0, 100.0, out=x)
@@ -517,14 +770,37 @@ def clean_daily_metrics(  # noqa: PLR0915
         estimate, gap_length = _estimates(x, imputation_method)  # runs of genuinely missing days
         gap_filled = missing & (gap_length <= max_gap_days)
         replaced = np.zeros_like(outlier)
-        if replace_outliers and outlier.any():
-            # estimates from observed values that are not outliers (a glitch never anchors an imputation); a
-            # flagged value is replaced only when the run of gaps and outliers around it is short
-            masked_estimate, masked_length = _estimates(np.where(outlier, np.nan, x), imputation_method)
+        replaceable = outlier & single  # a sub-daily P95 is the value: real peaks are kept
+        if replace_outliers and replaceable.any():
+            # estimates from values that stay (a glitch never anchors an imputation); a flagged value is
+            # replaced only when the run of gaps and replaceable outliers around it is short
+            masked_estimate, masked_length = _estimates(np.where(replaceable, np.nan, x), imputation_method)
             estimate = np.where(np.isnan(masked_estimate), estimate, masked_estimate)
-            replaced = outlier & (masked_length <= max_gap_days)
+            replaced = replaceable & (masked_length <= max_gap_days)
         update = gap_filled | replaced
         x[update] = estimate[update]
+        if _FLOOR + metric in daily_metrics:  # a partial day is never imputed below what its samples prove
+            floor = np.full((n_series, n_days), np.nan)
+            floor[codes, col] = daily_metrics[_FLOOR + metric].to_numpy(dtype="float64")
+            raise_to = gap_filled & (floor > x)
+            x[raise_to] = floor[raise_to]
+        kept = observed & ~replaced
+        last_kept = n_days - 1 - np.argmax(kept[:, ::-1], axis=1)
+        last_observed = np.maximum(last_observed, np.where(kept.any(axis=1), last_kept, -1))
+        row, day_col = np.nonzero(replaced | (partial & in_range))
+        wanted = np.searchsorted(flat, row * n_days + day_col, sorter=by_cell)
+        replaced_parts.append(
+            pd.DataFrame(
+                {
+                    "server_id": servers[row],
+                    "metric": metric,
+                    "date": dates[day_col],
+                    "before": daily_metrics[metric].to_numpy(dtype="float64")[by_cell[wanted]],
+                    "after": x[row, day_col],
+                    "rule": np.where(replaced[row, day_col], "outlier_daily_value", "partial_day"),
+                }
+            )
+        )
         left = missing & ~gap_filled
         value[:, m, :] = x
         flags["is_imputed"][:, m, :] = update
@@ -538,6 +814,7 @@ def clean_daily_metrics(  # noqa: PLR0915
             "values_clipped": int(clipped.sum()),
             "values_flagged_outlier": int(outlier.sum()),
             "outliers_replaced": int(replaced.sum()),
+            "outliers_kept_sub_daily": int((outlier & ~single).sum()),
         }
         row, start, length = _runs(left)
         gap_rows.append(pd.DataFrame({"row": row, "start": start, "days": length, "metric": metric}))
@@ -581,6 +858,9 @@ def clean_daily_metrics(  # noqa: PLR0915
                 }
             )
     totals = {key: sum(stats[key] for stats in by_metric.values()) for key in next(iter(by_metric.values()))}
+    replaced_days = pd.concat(replaced_parts, ignore_index=True).sort_values(["server_id", "date", "metric"])
+    # a peak lost: above the threshold before, lower (or left missing) after
+    above = (replaced_days["before"] > high_threshold) & ~(replaced_days["after"] >= replaced_days["before"])
     stats = {
         "servers": n_series,
         "first_date": str(dates[0].date()),
@@ -591,7 +871,20 @@ def clean_daily_metrics(  # noqa: PLR0915
         **totals,
         "by_metric": by_metric,
         "long_gaps": long_gaps,
+        "high_threshold": float(high_threshold),
+        "days_replaced": len(replaced_days),
+        "days_replaced_above_high_threshold": int(above.sum()),
+        "days_replaced_by_rule": {str(k): int(v) for k, v in replaced_days["rule"].value_counts().items()},
+        "replaced_days": _records(replaced_days),
+        "server_last_days": _server_last_days(servers, dates, last_observed, last),
     }
+    if above.any():
+        logger.warning(
+            "%d replaced day(s) were above %.0f %% and are lower after (data_quality_report.replaced_days): %s",
+            int(above.sum()),
+            high_threshold,
+            _records(replaced_days.loc[above].head(_N_EXAMPLES)),
+        )
     logger.info(
         "Cleaned %d server-days: %d clipped, %d outliers flagged (%d replaced), %d imputed, %d left missing",
         n_range,
@@ -605,15 +898,43 @@ def clean_daily_metrics(  # noqa: PLR0915
 
 
 # ---------------------------------------------------------------------------------------------- reporting
+_REPLACED_DAY_RULES = {
+    "outlier_daily_value": "a daily export's single value far from its same-weekday baseline (robust z-score "
+    "above outlier_threshold), re-estimated like a short gap; sub-daily P95 days are never replaced this way",
+    "partial_day": "a sub-daily day with fewer samples than min_daily_coverage x the server's usual count (a "
+    "collection artefact): its P95 is biased, so it became a gap (after = imputed value, null if left missing)",
+}
+
+
+def _day(value: Any) -> str | None:
+    return None if pd.isna(value) else str(pd.Timestamp(value).date())
+
+
+def _int_or_none(value: Any) -> int | None:
+    return None if pd.isna(value) else int(value)
+
+
 def build_data_quality_report(
-    validation_stats: dict[str, Any], aggregation_stats: dict[str, Any], cleaning_stats: dict[str, Any]
+    validation_stats: dict[str, Any],
+    aggregation_stats: dict[str, Any],
+    cleaning_stats: dict[str, Any],
+    stale_after_days: int,
 ) -> dict[str, Any]:
     """Merges the stage statistics into the quality report and checks that every row and value is accounted for.
 
     Identities (each is recomputed here and the node fails if one does not hold):
-    ``rows_in = unknown_server_rows_dropped + duplicates_removed + subdaily_samples_aggregated +
-    daily_rows_observed``; ``rows_out = daily_rows_observed - sparse_edge_days_dropped + calendar_days_added``;
-    ``values_out = values_observed + values_missing``; ``values_missing = values_imputed + values_left_missing``.
+    ``rows_in = unknown_server_rows_dropped + duplicates_removed + conflicting_rows_merged +
+    subdaily_samples_aggregated + daily_rows_observed``; ``rows_out = daily_rows_observed -
+    sparse_edge_days_dropped + calendar_days_added``; ``values_out = values_observed + values_missing``;
+    ``values_missing = values_imputed + values_left_missing``. Stale servers (silent for more than
+    ``stale_after_days`` before the fleet's last day) come from ``capacity_forecaster.freshness``, applied to
+    the cleaning statistics' ``server_last_days`` (each server's last calendar and last observed day).
+
+    Args:
+        validation_stats: Statistics of ``validate_raw_metrics``.
+        aggregation_stats: Statistics of ``aggregate_daily_metrics``.
+        cleaning_stats: Statistics of ``clean_daily_metrics``.
+        stale_after_days: Days of silence after which a server is stale (``params:stale_after_days``).
 
     Returns:
         The ``data_quality_report`` dictionary (JSON-serialisable).
@@ -622,6 +943,7 @@ def build_data_quality_report(
     rows_in_check = (
         v["unknown_server_rows_dropped"]
         + a["duplicates_removed"]
+        + a["conflicting_rows_merged"]
         + a["subdaily_samples_aggregated"]
         + a["daily_rows_observed"]
     )
@@ -636,6 +958,15 @@ def build_data_quality_report(
     if broken:
         raise RuntimeError(f"data_quality_report does not add up (reported, recomputed): {broken}")
     servers_with_gaps = sorted({g["server_id"] for g in c["long_gaps"]})
+    stale = find_stale_servers(c["server_last_days"], stale_after_days)
+    if len(stale):
+        logger.warning(
+            "%d server(s) stopped reporting more than %d days before %s: %s",
+            len(stale),
+            stale_after_days,
+            analysis_date(c["server_last_days"]).date(),
+            stale["server_id"].head(10).tolist(),
+        )
     report = {
         "source": v["source"],
         "sampling": a["sampling"],
@@ -645,11 +976,17 @@ def build_data_quality_report(
         "servers": c["servers"],
         "first_date": c["first_date"],
         "last_date": c["last_date"],
+        "valid_date_range": v["valid_date_range"],
+        "value_scale": v["value_scale"],
+        "server_inventory": v["server_inventory"],
         "unknown_servers": v["unknown_servers"],
         "unknown_servers_action": v["unknown_servers_action"],
         "unknown_server_rows_dropped": v["unknown_server_rows_dropped"],
+        "unknown_server_rows_kept": v["unknown_server_rows_kept"],
         "inventory_servers_without_metrics": v["inventory_servers_without_metrics"],
         "duplicates_removed": a["duplicates_removed"],
+        "conflicting_rows_merged": a["conflicting_rows_merged"],
+        "conflicting_duplicates": a["conflicting_duplicates"],
         "subdaily_samples_aggregated": a["subdaily_samples_aggregated"],
         "daily_rows_observed": a["daily_rows_observed"],
         "sparse_days_blanked": a["sparse_days_blanked"],
@@ -668,11 +1005,29 @@ def build_data_quality_report(
             )
         },
         "outliers_kept": c["values_flagged_outlier"] - c["outliers_replaced"],
+        "outliers_kept_sub_daily": c["outliers_kept_sub_daily"],
+        "high_threshold": c["high_threshold"],
+        "days_replaced": c["days_replaced"],
+        "days_replaced_above_high_threshold": c["days_replaced_above_high_threshold"],
+        "days_replaced_by_rule": c["days_replaced_by_rule"],
+        "replaced_day_rules": _REPLACED_DAY_RULES,
+        "replaced_days": c["replaced_days"],
+        "analysis_date": str(analysis_date(c["server_last_days"]).date()),
+        "stale_after_days": stale_after_days,
+        "stale_servers": [
+            {
+                "server_id": str(r.server_id),
+                "last_day": _day(r.last_day),
+                "days_silent": _int_or_none(r.days_silent),
+            }
+            for r in stale.itertuples(index=False)
+        ],
         "servers_with_long_gaps": servers_with_gaps,
         "long_gaps": c["long_gaps"],
         "by_metric": c["by_metric"],
         "accounting": {
-            "rows_in": "unknown_server_rows_dropped + duplicates_removed + subdaily_samples_aggregated + daily_rows_observed",
+            "rows_in": "unknown_server_rows_dropped + duplicates_removed + conflicting_rows_merged + "
+            "subdaily_samples_aggregated + daily_rows_observed",
             "rows_out": "daily_rows_observed - sparse_edge_days_dropped + calendar_days_added",
             "values_out": "rows_out x 4 metrics = values_observed + values_missing",
             "values_missing": "values_imputed + values_left_missing",
