@@ -31,10 +31,16 @@ def load_cloud_config(conf_source: str | Path, env: str) -> tuple[CloudSettings,
 
 
 def _context(metadata: Any, env: str) -> tuple[CloudSettings, dict[str, str], Any]:
+    from .errors import user_error  # noqa: PLC0415
     from .s3 import make_client  # noqa: PLC0415 - boto3 only when a command runs
 
     project_path = Path(getattr(metadata, "project_path", None) or Path.cwd())
-    settings, datasets = load_cloud_config(project_path / "conf", env)
+    try:
+        settings, datasets = load_cloud_config(project_path / "conf", env)
+    except Exception as exc:  # e.g. CF_BUCKET unset: the message alone, no traceback
+        if user_error(exc) is None:
+            raise
+        raise click.ClickException(str(user_error(exc))) from exc
     client = make_client(settings.region, (settings.fs_args or {}).get("config_kwargs"))
     return settings, datasets, client
 
