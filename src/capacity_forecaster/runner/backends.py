@@ -3,7 +3,9 @@ Processing job, ``LocalBackend`` runs the very same command and environment as a
 
 ``LocalBackend`` stands in for the container: a temp folder plays ``/opt/ml/processing`` (every occurrence of
 that prefix in the command and environment is mapped onto it), the S3 inputs are downloaded into it before the
-command starts and the outputs are uploaded from it when the command succeeds, as SageMaker does. The
+command starts and the outputs are uploaded from it when the command succeeds, as SageMaker does. The spec's
+``python3`` becomes the interpreter that runs Kedro (``sys.executable``), so the project's venv is used even
+when it is not activated (``python3`` from PATH could be the system Python, without the dependencies). The
 entrypoint unpacks the wheel onto ``PYTHONPATH`` and finds the dependencies already installed, so no network
 is needed (measured faster than ``pip install --no-deps`` into a ``--system-site-packages`` venv, which is
 what it replaces: creating the venv alone costs seconds per job).
@@ -15,6 +17,7 @@ import logging
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -34,6 +37,7 @@ from capacity_forecaster.runner.sagemaker_client import (
 )
 
 log = logging.getLogger(__name__)
+_PYTHON_NAMES = {"python", "python3"}
 
 
 @dataclass(frozen=True)
@@ -139,6 +143,8 @@ class LocalBackend:
         for item in job.outputs:
             Path(_to_local(item.local_path, root)).mkdir(parents=True, exist_ok=True)
         command = [_to_local(arg, root) for arg in job.command]
+        if command and command[0] in _PYTHON_NAMES:  # the interpreter running kedro, not python3 from PATH
+            command[0] = sys.executable
         env = {**os.environ, **{k: _to_local(v, root) for k, v in job.environment.items()}}
         (root / "work").mkdir()
         log_path = root / "job.log"
