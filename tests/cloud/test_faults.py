@@ -4,6 +4,7 @@ upload behind; configuration errors reach the command line as one message, witho
 
 import copy
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -18,7 +19,7 @@ import s3fs
 from kedro.io import AbstractDataset, DatasetError
 from kedro.runner import SequentialRunner
 
-from capacity_forecaster.cloud.errors import CloudDatasetError, CloudStorageError
+from capacity_forecaster.cloud.errors import CloudDatasetError, CloudStorageError, user_error
 from capacity_forecaster.cloud.hooks import guard_dataset
 from capacity_forecaster.cloud.s3 import CHECK_CONFIG, make_check_client
 from capacity_forecaster.cloud.signals import EXIT_CODE
@@ -151,6 +152,16 @@ def test_missing_derived_dataset_says_which_pipelines_to_run(cloud_dataset, buck
     assert "NoSuchKey" in message
     assert "the modelling pipeline writes it" in message
     assert "`kedro run --env cloud --pipelines etl,modelling`" in message
+    assert "kedro cloud push" not in message
+
+
+def test_risk_analysis_on_an_empty_bucket_says_which_pipelines_to_run(bucket, kedro_session):
+    """``--pipelines risk_analysis`` makes Kedro load only that pipeline; the hint still finds the writers."""
+    with pytest.raises(DatasetError) as err:
+        kedro_session(env="cloud").run(pipeline_names=["risk_analysis"], runner=SequentialRunner())
+    message = str(user_error(err.value))
+    assert re.search(r"the (etl|modelling) pipeline writes it", message), message
+    assert re.search(r"`kedro run --env cloud --pipelines etl(,modelling)?`", message), message
     assert "kedro cloud push" not in message
 
 

@@ -21,8 +21,10 @@ job. ``CF_SKIP_BUCKET_CHECK=1`` skips that check (e.g. for a dry run that only p
 machine without AWS access).
 """
 
+import importlib
 import logging
 import os
+import pkgutil
 import posixpath
 import threading
 from collections.abc import Iterator
@@ -144,14 +146,25 @@ def _missing_bucket(fs: Any, uri: str) -> S3Problem | None:
     return None
 
 
+def _all_pipelines() -> dict[str, Any]:
+    """Every pipeline of the project (``pipelines/<name>/create_pipeline``), also during a run of a few:
+    ``kedro run --pipelines x`` makes Kedro's registry load only ``x``."""
+    from kedro.framework.project import PACKAGE_NAME  # noqa: PLC0415
+
+    package = importlib.import_module(f"{PACKAGE_NAME}.pipelines")
+    return {
+        module.name: importlib.import_module(f"{package.__name__}.{module.name}").create_pipeline()
+        for module in pkgutil.iter_modules(package.__path__)
+        if module.ispkg
+    }
+
+
 def _how_to_create(name: str) -> str:
     """What to run so that dataset ``name`` exists on S3: the registered pipelines that write it and the ones
     they read from, down to the raw inputs (outputs of a pipeline without inputs, such as data_generation,
     which can also be pushed). Empty (the general hint applies) when no registered pipeline writes it."""
     try:
-        from kedro.framework.project import pipelines  # noqa: PLC0415 - only when a load fails
-
-        registry = {key: pipe for key, pipe in pipelines.items() if key != "__default__"}
+        registry = _all_pipelines()
     except Exception:  # noqa: BLE001 - no project configured (a dataset used on its own)
         return ""
 
