@@ -3,6 +3,7 @@ dataset, its ``s3://`` URI, the service's reason and what to do; SIGTERM during 
 upload behind; configuration errors reach the command line as one message, without a traceback."""
 
 import copy
+import json
 import os
 import re
 import signal
@@ -21,7 +22,7 @@ from kedro.runner import SequentialRunner
 
 from capacity_forecaster.cloud.errors import CloudDatasetError, CloudStorageError, user_error
 from capacity_forecaster.cloud.hooks import guard_dataset
-from capacity_forecaster.cloud.s3 import CHECK_CONFIG, make_check_client
+from capacity_forecaster.cloud.s3 import CHECK_CONFIG, check_bucket, make_check_client, make_client, push_file
 from capacity_forecaster.cloud.signals import EXIT_CODE
 from tests.cloud.conftest import object_keys
 from tests.cloud.fault_proxy import FaultProxy, complete_upload, object_read, upload_part
@@ -139,6 +140,36 @@ def test_unreachable_endpoint_fails_the_pre_run_check_with_a_clear_message(
     assert list(data_root.rglob("*")) == []
 
 
+@pytest.fixture
+def blackhole_endpoint():
+    """An endpoint whose TCP handshakes never complete: a listening socket with a full accept queue (Linux
+    drops further SYNs), as with a firewall that drops packets."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(0)
+    port = server.getsockname()[1]
+    fillers = []
+    for _ in range(3):
+        filler = socket.socket()
+        filler.setblocking(False)
+        filler.connect_ex(("127.0.0.1", port))
+        fillers.append(filler)
+    yield f"http://127.0.0.1:{port}"
+    for sock in [*fillers, server]:
+        sock.close()
+
+
+def test_connect_timeout_is_reported_as_unreachable(aws, blackhole_endpoint, monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", blackhole_endpoint)
+    client = make_client("us-east-1", {"connect_timeout": 0.5, "retries": {"total_max_attempts": 1}})
+    with pytest.raises(CloudStorageError) as err:
+        check_bucket(client, "cf-test-bucket", "us-east-1", prefix="raw/")
+    assert str(err.value).startswith(
+        "Cannot use s3://cf-test-bucket/raw/: Unreachable: Connect timeout on endpoint URL: "
+        f'"{blackhole_endpoint}/'
+    )
+
+
 def test_the_bucket_check_gives_up_after_two_short_attempts():
     config = make_check_client("us-east-1", {"retries": {"mode": "adaptive", "max_attempts": 8}}).meta.config
     assert (config.connect_timeout, config.read_timeout) == (5, 20)
@@ -187,23 +218,31 @@ dataset.save(pd.DataFrame({"value": np.random.default_rng(0).random(1_500_000)})
 print("saved")
 """
 
+PUSH_SCRIPT = """
+import sys
+from pathlib import Path
+from capacity_forecaster.cloud.s3 import make_client, push_file
 
-def _save_and_terminate(proxy, bucket, tmp_path, mode: str) -> subprocess.CompletedProcess:
-    """Runs a multipart save in a subprocess, holds its first part at the proxy, sends SIGTERM meanwhile."""
-    script = tmp_path / "save.py"
-    script.write_text(textwrap.dedent(SAVE_SCRIPT))
+bucket, key, path = sys.argv[1:4]
+Path(path).write_bytes(bytes(12 * 2**20))
+push_file(make_client("us-east-1"), Path(path), bucket, key, multipart_threshold=5 * 2**20)
+print("saved")
+"""
+
+
+def _run_and_terminate(proxy, tmp_path, script: str, *args: str) -> subprocess.CompletedProcess:
+    """Runs ``script`` (a multipart upload) in a subprocess, holds its first part at the proxy and sends
+    SIGTERM while that part is in flight; returns once the process ended and the part was answered."""
+    path = tmp_path / "upload.py"
+    path.write_text(textwrap.dedent(script))
     gate = proxy.hold(upload_part)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PROJECT_PATH / "src"), str(PROJECT_PATH)])}
     proc = subprocess.Popen(
-        [sys.executable, str(script), f"s3://{bucket}/processed/big.parquet", mode],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+        [sys.executable, str(path), *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     try:
-        assert gate.arrived.wait(timeout=120), "the save never sent a part"
-        proc.send_signal(signal.SIGTERM)  # the part is in flight: the save is mid-upload
+        assert gate.arrived.wait(timeout=120), "the upload never sent a part"
+        proc.send_signal(signal.SIGTERM)  # the part is in flight: the upload is half done
         gate.release()
         out, err = proc.communicate(timeout=120)
     finally:
@@ -215,6 +254,10 @@ def _save_and_terminate(proxy, bucket, tmp_path, mode: str) -> subprocess.Comple
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
+def _save_and_terminate(proxy, bucket, tmp_path, mode: str) -> subprocess.CompletedProcess:
+    return _run_and_terminate(proxy, tmp_path, SAVE_SCRIPT, f"s3://{bucket}/processed/big.parquet", mode)
+
+
 def test_sigterm_during_a_multipart_save_aborts_the_upload(proxy, bucket, tmp_path):
     done = _save_and_terminate(proxy, bucket, tmp_path, "guarded")
     assert done.returncode == EXIT_CODE, done.stderr[-2000:]
@@ -222,6 +265,29 @@ def test_sigterm_during_a_multipart_save_aborts_the_upload(proxy, bucket, tmp_pa
     assert "saved" not in done.stdout
     assert object_keys(bucket) == {}
     assert _open_uploads(bucket) == []
+
+
+def test_sigterm_during_kedro_cloud_push_aborts_the_upload(proxy, bucket, tmp_path):
+    done = _run_and_terminate(proxy, tmp_path, PUSH_SCRIPT, bucket, "raw/big.bin", str(tmp_path / "big.bin"))
+    assert done.returncode == EXIT_CODE, done.stderr[-2000:]
+    assert "SIGTERM while uploading" in done.stderr and "saved" not in done.stdout
+    assert object_keys(bucket) == {}
+    assert _open_uploads(bucket) == []
+
+
+def test_server_error_during_kedro_cloud_push_names_the_uri_and_reason(proxy, bucket, tmp_path):
+    path = tmp_path / "big.bin"
+    path.write_bytes(bytes(12 * 2**20))
+    proxy.fail(upload_part, status=503, code="SlowDown", message="Please reduce your request rate.")
+    with pytest.raises(CloudStorageError) as err:
+        push_file(
+            make_client("us-east-1", FEW_RETRIES), path, bucket, "raw/big.bin", multipart_threshold=PART
+        )
+    assert str(err.value).startswith(
+        f"Cannot upload {path} to s3://{bucket}/raw/big.bin: ServiceError: HTTP 503 SlowDown on UploadPart: "
+        "Please reduce your request rate. (2 attempts). What to do: S3 failed on its side"
+    )
+    assert object_keys(bucket) == {} and _open_uploads(bucket) == []
 
 
 def test_without_the_guard_sigterm_leaves_an_unfinished_upload(proxy, bucket, tmp_path):
@@ -233,6 +299,20 @@ def test_without_the_guard_sigterm_leaves_an_unfinished_upload(proxy, bucket, tm
     s3 = boto3.client("s3")
     for upload in uploads:
         s3.abort_multipart_upload(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+
+
+def test_documented_lifecycle_rule_is_a_valid_bucket_configuration(bucket):
+    """The README's rule for uploads a ``kill -9`` leaves behind, applied as documented (botocore validates
+    the request against the S3 API model; moto stores it)."""
+    rule_file = PROJECT_PATH / "docs" / "s3" / "abort-incomplete-uploads.json"
+    s3 = boto3.client("s3")
+    s3.put_bucket_lifecycle_configuration(
+        Bucket=bucket, LifecycleConfiguration=json.loads(rule_file.read_text())
+    )
+    (rule,) = s3.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]
+    assert rule["Status"] == "Enabled" and rule["Filter"] == {"Prefix": ""}
+    assert rule["AbortIncompleteMultipartUpload"] == {"DaysAfterInitiation": 1}
+    assert f"file://docs/s3/{rule_file.name}" in (PROJECT_PATH / "README.md").read_text()
 
 
 def _kedro(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
