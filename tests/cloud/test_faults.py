@@ -170,6 +170,20 @@ def test_connect_timeout_is_reported_as_unreachable(aws, blackhole_endpoint, mon
     )
 
 
+def test_missing_credentials_are_named(aws, monkeypatch, tmp_path):
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    with pytest.raises(CloudStorageError) as err:
+        check_bucket(make_check_client("us-east-1"), "cf-test-bucket", "us-east-1", prefix="raw/")
+    assert str(err.value).startswith(
+        "Cannot use s3://cf-test-bucket/raw/: NoCredentials: Unable to locate credentials. "
+        "What to do: no AWS credentials were found: set AWS_PROFILE"
+    )
+
+
 def test_the_bucket_check_gives_up_after_two_short_attempts():
     config = make_check_client("us-east-1", {"retries": {"mode": "adaptive", "max_attempts": 8}}).meta.config
     assert (config.connect_timeout, config.read_timeout) == (5, 20)
