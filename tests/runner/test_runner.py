@@ -233,7 +233,7 @@ def test_failing_job_on_local_backend_raises_with_log_tail(
 ):
     """Real subprocess jobs (cf_toy wheel, conf tarball from S3, data on moto S3); n=0 breaks summarise."""
     caplog.set_level("INFO", logger="kedro")
-    runner = runner_for(backend="local", max_runtime_s=120)
+    runner = runner_for(backend="local", max_runtime_s=900)  # a limit, not a timing: ~13 s here
     runner._backend = LocalBackend(S3Store(boto3.client("s3")), runner.settings, keep_failed=False)
     runner._runtime_params = {"run_id": "t1", "n": 0}
     with pytest.raises(JobFailedError, match="cf-t1-stats ended Failed: AlgorithmError") as err:
