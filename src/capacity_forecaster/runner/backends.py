@@ -37,7 +37,6 @@ from capacity_forecaster.runner.sagemaker_client import (
 )
 
 log = logging.getLogger(__name__)
-_PYTHON_NAMES = {"python", "python3"}
 
 
 @dataclass(frozen=True)
@@ -143,7 +142,7 @@ class LocalBackend:
         for item in job.outputs:
             Path(_to_local(item.local_path, root)).mkdir(parents=True, exist_ok=True)
         command = [_to_local(arg, root) for arg in job.command]
-        if command and command[0] in _PYTHON_NAMES:  # the interpreter running kedro, not python3 from PATH
+        if command[:1] == ["python3"]:  # the interpreter running kedro, not whichever python3 is on PATH
             command[0] = sys.executable
         env = {**os.environ, **{k: _to_local(v, root) for k, v in job.environment.items()}}
         (root / "work").mkdir()

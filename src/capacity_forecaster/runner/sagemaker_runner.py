@@ -229,7 +229,7 @@ class SageMakerRunner(AbstractRunner):
         if failure is not None:
             hint = resume_hint(pipeline, self.job_specs, done)
             log.warning(hint)
-            failure.resume_hint = hint  # type: ignore[union-attr]
+            failure.resume_hint = hint
             failure.args = (f"{failure}\n{hint}",)  # the hint is part of the error's message
             raise failure
 
