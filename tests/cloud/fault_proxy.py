@@ -40,9 +40,9 @@ def complete_upload(request: Request) -> bool:
     return request.method == "POST" and "uploadId" in request.query
 
 
-def object_read(key_suffix: str) -> Rule:
-    """GET or HEAD of an object whose key ends with ``key_suffix``."""
-    return lambda r: r.method in ("GET", "HEAD") and r.path.endswith(key_suffix)
+def object_read(key_suffix: str, methods: tuple[str, ...] = ("GET", "HEAD")) -> Rule:
+    """A read (GET or HEAD, or only ``methods``) of an object whose key ends with ``key_suffix``."""
+    return lambda r: r.method in methods and r.path.endswith(key_suffix)
 
 
 @dataclass
@@ -151,10 +151,13 @@ class FaultProxy:
 
             def _answer(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
                 self.send_response(status)
+                length = str(len(body))
                 for name, value in headers:
-                    if name.lower() not in _HOP_BY_HOP:
+                    if self.command == "HEAD" and name.lower() == "content-length":
+                        length = value  # a HEAD answer has no body but states the object's size
+                    elif name.lower() not in _HOP_BY_HOP:
                         self.send_header(name, value)
-                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Content-Length", length)
                 self.end_headers()
                 if self.command != "HEAD":
                     self.wfile.write(body)

@@ -78,10 +78,23 @@ def _cause(excinfo: pytest.ExceptionInfo) -> CloudDatasetError:
     return error
 
 
-def test_server_error_on_download_is_a_service_error_not_a_corrupt_file(proxy, cloud_dataset, bucket):
+@pytest.mark.parametrize(
+    ("methods", "expected"),
+    [
+        (("HEAD", "GET"), "HTTP 500 on HeadObject: Internal Server Error (2 attempts)"),
+        (
+            ("GET",),
+            "HTTP 500 InternalError on GetObject: We encountered an internal error. Please try again.",
+        ),
+    ],
+    ids=["head-and-get", "get-only"],
+)
+def test_server_error_on_download_is_a_service_error_not_a_corrupt_file(
+    proxy, cloud_dataset, bucket, methods, expected
+):
     dataset = cloud_dataset("clean_server_metrics")
     dataset.save(pd.DataFrame({"value": [1.0]}))
-    proxy.fail(object_read("processed/clean_server_metrics.parquet"))
+    proxy.fail(object_read("processed/clean_server_metrics.parquet", methods))
     with pytest.raises(DatasetError) as err:
         dataset.load()
     error = _cause(err)
@@ -91,7 +104,7 @@ def test_server_error_on_download_is_a_service_error_not_a_corrupt_file(proxy, c
         f"s3://{bucket}/processed/clean_server_metrics.parquet",
         "ServiceError",
     )
-    assert "HTTP 500 on HeadObject: Internal Server Error (2 attempts)" in message
+    assert expected in message
     assert "S3 failed on its side" in message and "retry later" in message
     assert "corrupt" not in message and "re-push" not in message
 
