@@ -38,7 +38,25 @@ def _run(**kwargs: Any) -> Any:
             "runtime_params": dict(kwargs.get("params") or {}),
             **(kwargs.get("runner_params") or {}),
         }
-    return kedro_run.callback(**kwargs)
+    try:
+        return kedro_run.callback(**kwargs)
+    except Exception as exc:
+        diagnosis = _diagnosis(exc)
+        if diagnosis is None:
+            raise
+        raise click.ClickException(diagnosis) from exc
+
+
+def _diagnosis(exc: BaseException) -> str | None:
+    """The message of a configuration, S3 or SageMaker job error that already says what to do (shown as a
+    one-paragraph ``Error:`` instead of a traceback), or ``None`` for anything else."""
+    from capacity_forecaster.cloud.errors import user_error  # noqa: PLC0415
+    from capacity_forecaster.runner.sagemaker_client import JobFailedError  # noqa: PLC0415
+
+    found = user_error(exc)
+    if found is None and isinstance(exc, JobFailedError):
+        found = exc
+    return None if found is None else str(found)
 
 
 run = click.Command(name="run", params=list(kedro_run.params), callback=_run, help=kedro_run.help)

@@ -180,7 +180,7 @@ def test_missing_object_says_what_to_run(catalog):
     with pytest.raises(
         DatasetError,
         match=r"load dataset 'forecasts' from s3://cf-test-bucket/forecasts/"
-        r"forecasts.parquet: NoSuchKey.*run the pipeline that writes it",
+        r"forecasts.parquet: NoSuchKey.*the modelling pipeline writes it",
     ):
         catalog.load("forecasts")
 

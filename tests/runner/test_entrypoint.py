@@ -1,7 +1,11 @@
 """The in-job bootstrap: requirement check (what it would install) and the Python version guard."""
 
+import os
 import shutil
+import signal
 import subprocess
+import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -62,3 +66,44 @@ def test_the_bootstrap_itself_runs_on_the_default_images_python_3_9(tmp_path):
     )  # fmt: skip
     assert proc.returncode == 3
     assert "demo requires Python >=3.11 but this image has 3.9" in proc.stderr
+
+
+DEMO_MAIN = """
+import os, pathlib, signal, sys, time
+
+folder = pathlib.Path(os.environ["DEMO_DIR"])
+
+
+def on_sigterm(signum, frame):
+    (folder / "sigterm").write_text("kedro got SIGTERM")
+    sys.exit(143)
+
+
+signal.signal(signal.SIGTERM, on_sigterm)
+(folder / "ready").write_text("running")
+time.sleep(300)
+"""
+
+
+def test_sigterm_to_the_bootstrap_reaches_kedro(tmp_path):
+    """SageMaker stops a job with SIGTERM to the container's main process (this bootstrap): it must reach
+    the Kedro process, whose S3 saves then abort their uploads, and the bootstrap exits with Kedro's code."""
+    wheel = _wheel(tmp_path, ">=3.9", [])
+    with zipfile.ZipFile(wheel, "a") as zf:
+        zf.writestr("demo/__main__.py", DEMO_MAIN)
+    proc = subprocess.Popen(
+        [sys.executable, entrypoint.__file__, "--wheel", str(wheel), "--site", str(tmp_path / "site"), "--",
+         "--package", "demo", "--env", "cloud", "--conf-source", "c.tar.gz"],
+        env={**os.environ, "DEMO_DIR": str(tmp_path)},
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 300
+        while not (tmp_path / "ready").exists():  # waits for the event (a file), however slow the machine
+            assert proc.poll() is None and time.monotonic() < deadline, "the kedro stand-in never started"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=300) == 143
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert (tmp_path / "sigterm").read_text() == "kedro got SIGTERM"

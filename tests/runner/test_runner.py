@@ -2,7 +2,9 @@
 pipeline filtering, Ctrl-C, and a failing job through the local backend."""
 
 import json
+import os
 import signal
+import sys
 import threading
 import time
 
@@ -12,6 +14,8 @@ from botocore.stub import Stubber
 
 from capacity_forecaster.runner import JobFailedError, NonPersistedDatasetError, SageMakerRunner
 from capacity_forecaster.runner.backends import LocalBackend, SageMakerBackend
+from capacity_forecaster.runner.constants import CODE_DIR, META_DIR
+from capacity_forecaster.runner.jobs import JobInput, JobOutput, JobSpec
 from capacity_forecaster.runner.sagemaker_client import S3Store, SageMakerClient
 from tests.runner.toy_project import TOY, toy_catalog
 
@@ -104,22 +108,32 @@ def test_from_nodes_filtering_is_respected(bucket, runner_for):
     assert [s.name for s in runner.job_specs] == ["cf-t1-stats"]
 
 
-def test_ctrl_c_stops_running_jobs(bucket, runner_for):
+@pytest.mark.parametrize("attempt", range(20))
+def test_ctrl_c_stops_running_jobs(bucket, runner_for, attempt):
+    """Ctrl-C while a job runs: the runner stops it and re-raises. Run 20 times: no step waits on the clock.
+
+    The poller's ``sleep`` sends SIGINT to the main thread and then blocks until the stop request was made,
+    so the stubbed calls come in one order only: create, describe (InProgress), stop, describe (Stopped).
+    """
     sm = boto3.client("sagemaker")
     name = "cf-t1-stats"
+    stop_requested, poller_done = threading.Event(), threading.Event()
 
-    stopped = threading.Event()
-
-    def interrupt(
-        seconds: float,
-    ) -> None:  # the poller's sleep: Ctrl-C reaches the main thread while the job runs
+    def interrupt(seconds: float) -> None:  # the poller's sleep: Ctrl-C reaches the main thread
         signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
-        stopped.wait(timeout=10)
+        if not stop_requested.wait(timeout=300):
+            raise AssertionError("the runner never asked to stop the job after Ctrl-C")
 
     class RecordingBackend(SageMakerBackend):
+        def run(self, job):
+            try:
+                return super().run(job)
+            finally:
+                poller_done.set()
+
         def stop(self, job):
             super().stop(job)
-            stopped.set()
+            stop_requested.set()
 
     desc = {
         "ProcessingJobName": name,
@@ -139,9 +153,78 @@ def test_ctrl_c_stops_running_jobs(bucket, runner_for):
         runner._backend = RecordingBackend(SageMakerClient(sm, sleep=interrupt), runner.settings)
         with pytest.raises(KeyboardInterrupt):
             runner.run(TOY.only_nodes_with_namespaces(["stats"]), toy_catalog())
-        assert stopped.is_set()
-        time.sleep(0.5)  # the poller sees Stopped and ends
+        assert stop_requested.is_set()
+        assert poller_done.wait(timeout=300), "the poller did not end after the job was stopped"
         st.assert_no_pending_responses()
+
+
+def _fail_when_created(sm, job_name: str, reason: str) -> None:
+    """moto completes every job at once; this marks ``job_name`` Failed in moto's in-process backend as soon
+    as it is created, as SageMaker would report a failed container."""
+    from moto.core import DEFAULT_ACCOUNT_ID  # noqa: PLC0415
+    from moto.sagemaker.models import sagemaker_backends  # noqa: PLC0415
+
+    def mark_failed(parsed, **kwargs):
+        if parsed["ProcessingJobArn"].endswith(f"/{job_name}"):
+            job = sagemaker_backends[DEFAULT_ACCOUNT_ID]["us-east-1"].processing_jobs[job_name]
+            job.processing_job_status, job.failure_reason = "Failed", reason
+
+    sm.meta.events.register("after-call.sagemaker.CreateProcessingJob", mark_failed)
+
+
+def test_failed_job_error_message_says_how_to_resume(bucket, runner_for):
+    sm = boto3.client("sagemaker")
+    _fail_when_created(sm, "cf-t1-stats", "AlgorithmError: summarise failed")
+    runner = runner_for(max_concurrent_jobs=1)  # prep, then plot, then stats
+    runner._backend = SageMakerBackend(SageMakerClient(sm), runner.settings)
+    with pytest.raises(JobFailedError) as err:
+        runner.run(TOY, toy_catalog())
+    message = str(err.value)
+    assert message.startswith("Job cf-t1-stats ended Failed: AlgorithmError: summarise failed")
+    assert "2 of 3 job(s) finished; 1 node(s) have not run" in message
+    assert message.endswith('your previous command: --from-nodes "stats.summarise_node"')
+    assert err.value.resume_hint in message
+
+
+def test_resume_hint_when_the_first_job_fails(bucket, runner_for):
+    sm = boto3.client("sagemaker")
+    _fail_when_created(sm, "cf-t1-prep", "AlgorithmError: boom")
+    runner = runner_for()
+    runner._backend = SageMakerBackend(SageMakerClient(sm), runner.settings)
+    with pytest.raises(
+        JobFailedError, match="No job finished: once the cause is fixed, run the same command"
+    ):
+        runner.run(TOY, toy_catalog())
+
+
+def test_local_backend_runs_python3_with_the_interpreter_that_runs_kedro(
+    bucket, make_settings, tmp_path, monkeypatch
+):
+    """A ``python3`` first on PATH (an unactivated venv's system Python) must not run the job."""
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    (fake_bin / "python3").write_text("#!/bin/sh\necho 'system python3 from PATH' >&2\nexit 7\n")
+    (fake_bin / "python3").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake_bin}{os.pathsep}{os.environ['PATH']}")
+    s3 = boto3.client("s3")
+    s3.put_object(Bucket="cf-test", Key="code/placeholder.txt", Body=b"x")
+    spec = JobSpec(
+        name="cf-t1-python",
+        group="python",
+        nodes=("python_node",),
+        depends_on=(),
+        command=(
+            "python3",
+            "-c",
+            f"import sys, pathlib; pathlib.Path('{META_DIR}/python.txt').write_text(sys.executable)",
+        ),
+        environment={},
+        inputs=(JobInput("code", "s3://cf-test/code/", CODE_DIR),),
+        outputs=(JobOutput("meta", META_DIR, "s3://cf-test/meta/"),),
+    )
+    result = LocalBackend(S3Store(s3), make_settings(), keep_failed=False).run(spec)
+    assert result.status == "Completed"
+    assert s3.get_object(Bucket="cf-test", Key="meta/python.txt")["Body"].read().decode() == sys.executable
 
 
 @pytest.mark.slow
@@ -150,7 +233,7 @@ def test_failing_job_on_local_backend_raises_with_log_tail(
 ):
     """Real subprocess jobs (cf_toy wheel, conf tarball from S3, data on moto S3); n=0 breaks summarise."""
     caplog.set_level("INFO", logger="kedro")
-    runner = runner_for(backend="local", max_runtime_s=120)
+    runner = runner_for(backend="local", max_runtime_s=900)  # a limit, not a timing: ~13 s here
     runner._backend = LocalBackend(S3Store(boto3.client("s3")), runner.settings, keep_failed=False)
     runner._runtime_params = {"run_id": "t1", "n": 0}
     with pytest.raises(JobFailedError, match="cf-t1-stats ended Failed: AlgorithmError") as err:
@@ -160,4 +243,5 @@ def test_failing_job_on_local_backend_raises_with_log_tail(
         json.loads(boto3.client("s3").get_object(Bucket="cf-test", Key="toy/scaled.json")["Body"].read())
         == []
     )
-    assert "--from-nodes" in caplog.text  # Kedro's resume hint names where to restart
+    assert '--from-nodes "stats.summarise_node"' in str(err.value)  # the resume hint is in the error
+    assert "--from-nodes" in caplog.text

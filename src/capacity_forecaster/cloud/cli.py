@@ -31,10 +31,16 @@ def load_cloud_config(conf_source: str | Path, env: str) -> tuple[CloudSettings,
 
 
 def _context(metadata: Any, env: str) -> tuple[CloudSettings, dict[str, str], Any]:
+    from .errors import user_error  # noqa: PLC0415
     from .s3 import make_client  # noqa: PLC0415 - boto3 only when a command runs
 
     project_path = Path(getattr(metadata, "project_path", None) or Path.cwd())
-    settings, datasets = load_cloud_config(project_path / "conf", env)
+    try:
+        settings, datasets = load_cloud_config(project_path / "conf", env)
+    except Exception as exc:  # e.g. CF_BUCKET unset: the message alone, no traceback
+        if user_error(exc) is None:
+            raise
+        raise click.ClickException(str(user_error(exc))) from exc
     client = make_client(settings.region, (settings.fs_args or {}).get("config_kwargs"))
     return settings, datasets, client
 
@@ -62,7 +68,7 @@ _ENV = click.option("--env", "-e", default="cloud", show_default=True, help="Ked
 def push(metadata: Any, file: Path, dataset: str | None, overwrite: bool, env: str) -> None:
     """Upload a local FILE (your monitoring export or inventory) to the bucket's raw/ prefix."""
     from .errors import CloudStorageError  # noqa: PLC0415
-    from .s3 import check_bucket, check_local_format, push_file  # noqa: PLC0415
+    from .s3 import check_bucket, check_local_format, make_check_client, push_file  # noqa: PLC0415
 
     settings, datasets, client = _context(metadata, env)
     if dataset is None:
@@ -76,7 +82,8 @@ def push(metadata: Any, file: Path, dataset: str | None, overwrite: bool, env: s
         bucket, key = split_s3_uri(raw[dataset])
     try:
         check_local_format(file, key)
-        check_bucket(client, bucket, settings.region, prefix=settings.key("raw") + "/")
+        check_client = make_check_client(settings.region, (settings.fs_args or {}).get("config_kwargs"))
+        check_bucket(check_client, bucket, settings.region, prefix=settings.key("raw") + "/")
         size = file.stat().st_size
         sent = [0]
 
@@ -105,12 +112,15 @@ def check(metadata: Any, env: str, json_path: Path | None) -> None:
     """Report what is in the bucket for this project: each prefix and each catalog dataset."""
     from .errors import CloudStorageError  # noqa: PLC0415
     from .inventory import build_inventory, format_inventory  # noqa: PLC0415
-    from .s3 import check_bucket, list_objects  # noqa: PLC0415
+    from .s3 import check_bucket, list_objects, make_check_client  # noqa: PLC0415
 
     settings, datasets, client = _context(metadata, env)
     root = settings.key()
     try:
-        region = check_bucket(client, settings.bucket, settings.region, prefix=f"{root}/" if root else "")
+        check_client = make_check_client(settings.region, (settings.fs_args or {}).get("config_kwargs"))
+        region = check_bucket(
+            check_client, settings.bucket, settings.region, prefix=f"{root}/" if root else ""
+        )
     except CloudStorageError as exc:
         raise click.ClickException(str(exc)) from exc
     objects = list_objects(client, settings.bucket, f"{root}/" if root else "")

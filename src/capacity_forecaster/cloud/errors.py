@@ -2,14 +2,19 @@
 
 Kedro, s3fs, pandas and pyarrow each report the same S3 problem differently (``DatasetError`` wrapping
 ``PermissionError('Forbidden')``, ``FileNotFoundError('The specified bucket does not exist')``, pyarrow's
-``OSError('... AWS Error ACCESS_DENIED ...')``, botocore's ``ClientError``). :func:`classify` walks the
-exception chain and names the problem once; :class:`CloudDatasetError` carries it.
+``OSError('... AWS Error ACCESS_DENIED ...')``, botocore's ``ClientError``, s3fs's bare
+``OSError(121, 'Internal Server Error')`` for a 5xx). :func:`classify` walks the exception chain and names the
+problem once; :class:`CloudDatasetError` carries it. :func:`user_error` finds, in any exception chain, the
+error whose message is already a complete diagnosis (the CLI prints it without a traceback).
 """
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 from kedro.io import DatasetError
+
+from .settings import CloudConfigError
 
 NO_SUCH_BUCKET = "NoSuchBucket"
 NO_SUCH_KEY = "NoSuchKey"
@@ -17,6 +22,8 @@ ACCESS_DENIED = "AccessDenied"
 WRONG_REGION = "WrongRegion"
 UNREACHABLE = "Unreachable"
 UNREADABLE = "Unreadable"
+SERVICE_ERROR = "ServiceError"
+NO_CREDENTIALS = "NoCredentials"
 
 _HINTS = {
     NO_SUCH_BUCKET: "the bucket does not exist in this account: create it (aws s3 mb s3://{bucket} --region "
@@ -26,7 +33,13 @@ _HINTS = {
     ACCESS_DENIED: "the AWS credentials in use are not allowed this call on the key: check the IAM policy "
     "(README, 'Run on AWS') and which identity is active (aws sts get-caller-identity)",
     WRONG_REGION: "the bucket lives in another region: set AWS_REGION to the bucket's region",
-    UNREACHABLE: "S3 could not be reached after retries: check the network, proxy or AWS_ENDPOINT_URL",
+    UNREACHABLE: "S3 could not be reached after retries: check the network, proxy or AWS_ENDPOINT_URL "
+    "(unset it to use AWS itself)",
+    SERVICE_ERROR: "S3 failed on its side (a server error, not a problem with your data, permissions or "
+    "configuration) and kept failing through the client's retries: retry later (run the same command "
+    "again), and check https://health.aws.amazon.com if it persists",
+    NO_CREDENTIALS: "no AWS credentials were found: set AWS_PROFILE (aws configure / aws sso login) or "
+    "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (conf/local/credentials.example.yml)",
     UNREADABLE: "the object exists but is not valid for this dataset type (corrupt, truncated or another "
     "format): rewrite it by re-running the pipeline that produces it or re-pushing the file",
 }
@@ -35,6 +48,11 @@ _PYARROW_CODES = {
     "NO_SUCH_BUCKET": NO_SUCH_BUCKET,
     "NO_SUCH_KEY": NO_SUCH_KEY,
     "ACCESS_DENIED": ACCESS_DENIED,
+    "INTERNAL_FAILURE": SERVICE_ERROR,
+    "SERVICE_UNAVAILABLE": SERVICE_ERROR,
+    "SLOW_DOWN": SERVICE_ERROR,
+    "THROTTLING": SERVICE_ERROR,
+    "NETWORK_CONNECTION": UNREACHABLE,
 }
 _CLIENT_CODES = {
     "NoSuchBucket": NO_SUCH_BUCKET,
@@ -51,6 +69,10 @@ _CLIENT_CODES = {
     "301": WRONG_REGION,
     "AuthorizationHeaderMalformed": WRONG_REGION,
     "IllegalLocationConstraintException": WRONG_REGION,
+    "InternalError": SERVICE_ERROR,
+    "ServiceUnavailable": SERVICE_ERROR,
+    "SlowDown": SERVICE_ERROR,
+    "RequestTimeout": SERVICE_ERROR,
 }
 
 
@@ -61,14 +83,21 @@ class S3Problem:
     Attributes:
         code: One of the module constants (``NoSuchBucket``, ``AccessDenied``, ...).
         reason: The service's or library's own words (e.g. ``Access Denied``).
+        action: What to do, when the caller knows better than the code's general hint (e.g. which pipeline
+            writes a missing dataset).
     """
 
     code: str
     reason: str
+    action: str = ""
 
     def hint(self, bucket: str = "<bucket>", region: str = "<region>") -> str:
         """What to do about it."""
-        return _HINTS[self.code].format(bucket=bucket, region=region)
+        return self.action or _HINTS[self.code].format(bucket=bucket, region=region)
+
+    def with_action(self, action: str) -> "S3Problem":
+        """The same problem with a specific ``action``."""
+        return replace(self, action=action)
 
 
 def _chain(exc: BaseException) -> list[BaseException]:
@@ -84,34 +113,61 @@ def classify(exc: BaseException) -> S3Problem | None:  # noqa: PLR0911
 
     ``None`` means the failure is not about S3 (for example a node's own bug), so it is left alone.
     """
-    from botocore.exceptions import (  # noqa: PLC0415 - keep the import cost off `import settings`
-        ClientError,
-    )
     from botocore.exceptions import (  # noqa: PLC0415 - keep botocore off `import settings`
+        ClientError,
+        HTTPClientError,
+        NoCredentialsError,
+        ReadTimeoutError,
+    )
+    from botocore.exceptions import (  # noqa: PLC0415
         ConnectionError as BotoConnectionError,
     )
 
     chain = _chain(exc)
     for err in chain:
         if isinstance(err, ClientError):
-            error = err.response.get("Error", {})
-            code = str(error.get("Code", ""))
-            reason = str(error.get("Message") or err)
-            if code in _CLIENT_CODES:
-                return S3Problem(_CLIENT_CODES[code], reason)
+            problem = _client_problem(err)
+            if problem is not None:
+                return problem
         if isinstance(err, BotoConnectionError):
             return S3Problem(UNREACHABLE, str(err))
+        if isinstance(err, ReadTimeoutError | HTTPClientError):
+            return S3Problem(SERVICE_ERROR, f"no complete answer from S3: {err}")
+        if isinstance(err, NoCredentialsError):
+            return S3Problem(NO_CREDENTIALS, str(err))
     for err in chain:
         text = str(err)
         match = re.search(r"AWS Error ([A-Z_]+)", text)
         if isinstance(err, OSError) and match and match.group(1) in _PYARROW_CODES:
             return S3Problem(_PYARROW_CODES[match.group(1)], text)
+        if isinstance(err, OSError) and re.search(r"HTTP status 5\d\d", text):
+            return S3Problem(SERVICE_ERROR, text)
         if isinstance(err, PermissionError):
             return S3Problem(ACCESS_DENIED, text or "Forbidden")
         if isinstance(err, FileNotFoundError):
             if "bucket does not exist" in text:
                 return S3Problem(NO_SUCH_BUCKET, text)
             return S3Problem(NO_SUCH_KEY, f"not found: {text}")
+    return None
+
+
+def _client_problem(err: Any) -> S3Problem | None:
+    """A botocore ``ClientError`` as a problem: by its error code, else by a 5xx HTTP status."""
+    error = err.response.get("Error", {})
+    code = str(error.get("Code", ""))
+    message = str(error.get("Message") or err)
+    meta = err.response.get("ResponseMetadata", {})
+    status = int(meta.get("HTTPStatusCode") or (code if code.isdigit() else 0))
+    if code in _CLIENT_CODES and _CLIENT_CODES[code] != SERVICE_ERROR:
+        return S3Problem(_CLIENT_CODES[code], message)
+    if code in _CLIENT_CODES or status >= 500:
+        attempts = int(meta.get("RetryAttempts") or 0) + 1
+        named = "" if code.isdigit() else f" {code}"
+        return S3Problem(
+            SERVICE_ERROR,
+            f"HTTP {status or '?'}{named} on {getattr(err, 'operation_name', 'the request')}: {message} "
+            f"({attempts} attempt{'s' if attempts > 1 else ''})",
+        )
     return None
 
 
@@ -124,6 +180,19 @@ def classify_unreadable(exc: BaseException) -> S3Problem:
 
 class CloudStorageError(RuntimeError):
     """S3 cannot be used as configured (missing bucket, no permission, wrong region, unreachable)."""
+
+
+def user_error(exc: BaseException) -> BaseException | None:
+    """The first error in ``exc``'s chain whose message is a complete diagnosis for the user, or ``None``.
+
+    These are the project's configuration and S3 errors (:class:`CloudConfigError`,
+    :class:`CloudStorageError`, :class:`CloudDatasetError`): each names what failed, where, why and what to
+    do, so a command line shows the message alone, without a traceback.
+    """
+    for err in _chain(exc):
+        if isinstance(err, CloudConfigError | CloudStorageError | CloudDatasetError):
+            return err
+    return None
 
 
 class CloudDatasetError(DatasetError):

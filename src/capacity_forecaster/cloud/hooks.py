@@ -7,18 +7,24 @@ whose filesystem is S3, :func:`guard_dataset` wraps that *instance's* ``load`` a
   the whole write succeeded. Without it, an exception while writing (a value ``json`` cannot serialise, a
   failed multipart part, an interrupt) still closes the s3fs file, which uploads what was written so far as if
   it were complete. In a transaction s3fs aborts the multipart upload instead and the previous object stays.
-  Saves of guarded datasets are serialised by one lock, because a filesystem has one transaction at a time.
-- failures whose cause is S3 (or, on load, an object that cannot be parsed) are re-raised as
-  :class:`CloudDatasetError` naming the dataset, its ``s3://`` URI, the service's reason and what to do.
+  SIGTERM during a save (a stopped job) raises too, so the upload is aborted before the process ends
+  (:mod:`.signals`). Saves of guarded datasets are serialised by one lock, because a filesystem has one
+  transaction at a time.
+- failures whose cause is S3 (a server error included, or, on load, an object that cannot be parsed) are
+  re-raised as :class:`CloudDatasetError` naming the dataset, its ``s3://`` URI, the service's reason and what
+  to do (for a dataset not written yet: the pipelines to run, or the ``kedro cloud push`` for a raw one).
 
 Before a run, :meth:`S3DatasetHooks.before_pipeline_run` checks each bucket the pipeline uses once (exists,
-readable, in the configured region), so a wrong ``CF_BUCKET``, missing permission or region fails before any
-node runs, and before the SageMaker runner submits a paid job. ``CF_SKIP_BUCKET_CHECK=1`` skips that check
-(e.g. for a dry run that only prints job specifications on a machine without AWS access).
+readable, in the configured region, reachable within seconds), so a wrong ``CF_BUCKET``, missing
+permission, region or endpoint fails before any node runs, and before the SageMaker runner submits a paid
+job. ``CF_SKIP_BUCKET_CHECK=1`` skips that check (e.g. for a dry run that only prints job specifications on a
+machine without AWS access).
 """
 
+import importlib
 import logging
 import os
+import pkgutil
 import posixpath
 import threading
 from collections.abc import Iterator
@@ -29,6 +35,7 @@ from kedro.framework.hooks import hook_impl
 
 from .errors import NO_SUCH_BUCKET, NO_SUCH_KEY, CloudDatasetError, S3Problem, classify, classify_unreadable
 from .settings import ENV_SKIP_BUCKET_CHECK, split_s3_uri
+from .signals import sigterm_raises
 
 logger = logging.getLogger(__name__)
 
@@ -84,12 +91,17 @@ def guard_dataset(name: str, dataset: Any) -> bool:
         except Exception as exc:
             problem = classify(exc) or classify_unreadable(exc)
             if problem.code == NO_SUCH_KEY:
-                problem = _missing_bucket(fs, uri) or problem
+                problem = _missing_bucket(fs, uri) or problem.with_action(_how_to_create(name))
             raise CloudDatasetError(name, uri, "load", problem, region) from exc
 
     def guarded_save(data: Any) -> None:
         try:
-            with _SAVE_LOCK, fs.transaction, _saving_version_is_latest(storage):
+            with (
+                sigterm_raises(f"saving {name!r} to {uri}"),
+                _SAVE_LOCK,
+                fs.transaction,
+                _saving_version_is_latest(storage),
+            ):
                 save(data)
         except Exception as exc:
             problem = classify(exc)
@@ -132,6 +144,61 @@ def _missing_bucket(fs: Any, uri: str) -> S3Problem | None:
     except Exception:  # noqa: BLE001 - e.g. listing not allowed: keep the original diagnosis
         return None
     return None
+
+
+def _all_pipelines() -> dict[str, Any]:
+    """Every pipeline of the project (``pipelines/<name>/create_pipeline``), also during a run of a few:
+    ``kedro run --pipelines x`` makes Kedro's registry load only ``x``."""
+    from kedro.framework.project import PACKAGE_NAME  # noqa: PLC0415
+
+    package = importlib.import_module(f"{PACKAGE_NAME}.pipelines")
+    return {
+        module.name: importlib.import_module(f"{package.__name__}.{module.name}").create_pipeline()
+        for module in pkgutil.iter_modules(package.__path__)
+        if module.ispkg
+    }
+
+
+def _how_to_create(name: str) -> str:
+    """What to run so that dataset ``name`` exists on S3: the registered pipelines that write it and the ones
+    they read from, down to the raw inputs (outputs of a pipeline without inputs, such as data_generation,
+    which can also be pushed). Empty (the general hint applies) when no registered pipeline writes it."""
+    try:
+        registry = _all_pipelines()
+    except Exception:  # noqa: BLE001 - no project configured (a dataset used on its own)
+        return ""
+
+    def is_source(pipe: Any) -> bool:
+        return not [ds for ds in pipe.inputs() if not ds.startswith("params:") and ds != "parameters"]
+
+    def writers(dataset: str) -> list[str]:
+        return [key for key, pipe in registry.items() if dataset in pipe.all_outputs()]
+
+    order: list[str] = []
+
+    def visit(dataset: str) -> None:
+        for key in writers(dataset)[:1]:
+            if key in order or is_source(registry[key]):
+                continue
+            for upstream in sorted(registry[key].inputs()):
+                visit(upstream)
+            order.append(key)
+
+    visit(name)
+    producers = writers(name)
+    if producers and is_source(registry[producers[0]]):
+        return (
+            f"nothing has been uploaded for {name!r} yet: push your file with `kedro cloud push <file> "
+            f"--dataset {name}` (for a synthetic test fleet instead, `kedro run --env cloud --pipelines "
+            f"{producers[0]}` writes every raw dataset)"
+        )
+    if not order:
+        return ""
+    return (
+        f"{name!r} has not been written yet: the {order[-1]} pipeline writes it. Run it with the pipelines "
+        f"it depends on: `kedro run --env cloud --pipelines {','.join(order)}` (the raw inputs must be on S3 "
+        "first; `kedro cloud check` lists what the bucket holds)"
+    )
 
 
 def _buckets(catalog: Any, names: set[str]) -> dict[str, tuple[str, dict[str, Any]]]:
@@ -182,8 +249,8 @@ class S3DatasetHooks:
         """Guards the pipeline's S3 datasets (factory-made ones included) and checks each bucket once.
 
         Raises:
-            CloudStorageError: If a bucket is missing, not readable with the current credentials, or in
-                another region than the configured one.
+            CloudStorageError: If a bucket is missing, not readable with the current credentials, in
+                another region than the configured one, or S3 cannot be reached.
         """
         names = set(pipeline.datasets())
         for name in names:
@@ -193,10 +260,10 @@ class S3DatasetHooks:
         if os.environ.get(ENV_SKIP_BUCKET_CHECK, "").lower() in ("1", "true", "yes"):
             logger.info("%s is set: S3 buckets are not checked before the run", ENV_SKIP_BUCKET_CHECK)
             return
-        from .s3 import check_bucket, make_client  # noqa: PLC0415 - boto3 only when S3 is used
+        from .s3 import check_bucket, make_check_client  # noqa: PLC0415 - boto3 only when S3 is used
 
         for bucket, (prefix, options) in _buckets(catalog, names).items():
-            client = make_client(options["region"], options["config"])
+            client = make_check_client(options["region"], options["config"])
             region = check_bucket(client, bucket, options["region"], prefix=prefix)
             logger.info(
                 "S3 bucket %s (region %s) is reachable for s3://%s/%s", bucket, region, bucket, prefix

@@ -14,11 +14,27 @@ from typing import Any
 import boto3
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
-from .errors import ACCESS_DENIED, NO_SUCH_BUCKET, WRONG_REGION, CloudStorageError, S3Problem, classify
+from .errors import (
+    ACCESS_DENIED,
+    NO_SUCH_BUCKET,
+    SERVICE_ERROR,
+    WRONG_REGION,
+    CloudStorageError,
+    S3Problem,
+    classify,
+)
+from .signals import sigterm_raises
 
 _MiB = 2**20
+CHECK_CONFIG: dict[str, Any] = {
+    "connect_timeout": 5,
+    "read_timeout": 20,
+    "retries": {"mode": "standard", "total_max_attempts": 2},
+}
+"""botocore settings of the pre-run bucket check: an unreachable endpoint fails in seconds, not after the
+catalog's full retry budget (8 attempts with backoff, ~1 min)."""
 
 
 @dataclass(frozen=True)
@@ -33,6 +49,11 @@ class S3Object:
 def make_client(region: str | None, config_kwargs: dict[str, Any] | None = None) -> Any:
     """A boto3 S3 client for ``region`` with the catalog's botocore ``config_kwargs`` (retries, timeouts)."""
     return boto3.session.Session().client("s3", region_name=region, config=Config(**(config_kwargs or {})))
+
+
+def make_check_client(region: str | None, config_kwargs: dict[str, Any] | None = None) -> Any:
+    """A client for :func:`check_bucket`: the catalog's settings with short timeouts and 2 attempts."""
+    return make_client(region, {**(config_kwargs or {}), **CHECK_CONFIG})
 
 
 def _storage_error(problem: S3Problem, bucket: str, region: str, what: str) -> CloudStorageError:
@@ -60,12 +81,18 @@ def check_bucket(client: Any, bucket: str, region: str, prefix: str = "") -> str
         The bucket's region (``region`` itself when GetBucketLocation is not allowed).
 
     Raises:
-        CloudStorageError: Missing bucket, listing denied, or the bucket in another region.
+        CloudStorageError: Missing bucket, listing denied, the bucket in another region, S3 unreachable,
+            no credentials, or a server error.
     """
     where = f"s3://{bucket}/{prefix}"
     try:
         client.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1)
         actual = bucket_region(client, bucket)
+    except BotoCoreError as exc:  # endpoint unreachable, timeouts, no credentials: no HTTP answer at all
+        problem = classify(exc)
+        if problem is None:
+            raise
+        raise _storage_error(problem, bucket, region, f"Cannot use {where}") from exc
     except ClientError as exc:
         problem = classify(exc) or S3Problem(str(exc.response.get("Error", {}).get("Code")), str(exc))
         if problem.code == WRONG_REGION:
@@ -75,7 +102,7 @@ def check_bucket(client: Any, bucket: str, region: str, prefix: str = "") -> str
             problem = S3Problem(
                 WRONG_REGION, f"bucket is in {actual or 'another region'}, configured {region}"
             )
-        if problem.code not in (NO_SUCH_BUCKET, ACCESS_DENIED, WRONG_REGION):
+        if problem.code not in (NO_SUCH_BUCKET, ACCESS_DENIED, WRONG_REGION, SERVICE_ERROR):
             raise
         raise _storage_error(problem, bucket, region, f"Cannot use {where}") from exc
     if actual is not None and region and actual != region:
@@ -142,8 +169,8 @@ def push_file(  # noqa: PLR0913
     """Uploads ``path`` to ``s3://bucket/key`` and returns the stored object.
 
     Large files go up in parts (boto3's transfer manager, with the client's retries per part). If any part
-    or the source fails, or ``progress`` raises (e.g. an interrupt), the multipart upload is aborted: nothing
-    appears at ``key`` and an existing object there is left as it was.
+    or the source fails, ``progress`` raises (e.g. an interrupt), or the process gets SIGTERM, the multipart
+    upload is aborted: nothing appears at ``key`` and an existing object there is left as it was.
 
     Args:
         client: boto3 S3 client.
@@ -156,7 +183,8 @@ def push_file(  # noqa: PLR0913
 
     Raises:
         FileExistsError: If an object exists at ``key`` and ``overwrite`` is false.
-        CloudStorageError: If the bucket is missing or the upload is denied.
+        CloudStorageError: If the bucket is missing, the upload is denied, S3 cannot be reached or keeps
+            failing (5xx).
     """
     existing = head_object(client, bucket, key)
     if existing is not None and not overwrite:
@@ -168,7 +196,8 @@ def push_file(  # noqa: PLR0913
     chunk = max(5 * _MiB, multipart_threshold)  # S3 parts are at least 5 MiB (but the last)
     config = TransferConfig(multipart_threshold=multipart_threshold, multipart_chunksize=chunk)
     try:
-        client.upload_file(str(path), bucket, key, Config=config, Callback=progress)
+        with sigterm_raises(f"uploading {path} to s3://{bucket}/{key}"):
+            client.upload_file(str(path), bucket, key, Config=config, Callback=progress)
     except Exception as exc:
         problem = classify(exc)
         if problem is None:

@@ -28,21 +28,30 @@ LAYOUT: dict[str, str] = {
 _BUCKET_RE = re.compile(r"^(?!xn--)(?!sthree-)(?!.*\.\.)[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
 
+class CloudConfigError(ValueError):
+    """The cloud environment is configured wrongly (e.g. ``CF_BUCKET`` unset); the message says the fix.
+
+    Raised while Kedro resolves the configuration, where it arrives wrapped in OmegaConf's errors; the
+    project's ``kedro run`` prints the message alone (``capacity_forecaster.cli``).
+    """
+
+
 def s3_root(bucket: str, prefix: str = "") -> str:
     """Returns ``s3://<bucket>`` or ``s3://<bucket>/<prefix>`` (the config resolver ``cf.s3_root``).
 
     Slashes around ``prefix`` are dropped, so ``CF_PREFIX`` may be ``team-a``, ``team-a/`` or ``/team-a/x``.
 
     Raises:
-        ValueError: If ``bucket`` is not a valid S3 bucket name (for example ``s3://bkt`` or ``bkt/prefix``).
+        CloudConfigError: If ``bucket`` is unset or not a valid S3 bucket name (for example ``s3://bkt`` or
+            ``bkt/prefix``).
     """
     bucket = str(bucket or "").strip()
     if not bucket:
-        raise ValueError(
+        raise CloudConfigError(
             f"{ENV_BUCKET} is not set: the cloud environment needs `export {ENV_BUCKET}=<bucket name>`."
         )
     if not _BUCKET_RE.match(bucket):
-        raise ValueError(
+        raise CloudConfigError(
             f"{ENV_BUCKET}={bucket!r} is not an S3 bucket name: use only the name (3-63 characters a-z, 0-9, "
             f"'.', '-'), without 's3://' or a path; put a key prefix in {ENV_PREFIX}."
         )
@@ -91,11 +100,11 @@ class CloudSettings:
         """Builds the settings from the ``s3`` block of a resolved ``globals.yml``.
 
         Raises:
-            ValueError: If the globals have no ``s3`` block (the environment is not a cloud environment).
+            CloudConfigError: If the globals have no ``s3`` block (not a cloud environment).
         """
         block = globals_.get("s3")
         if not isinstance(block, dict) or "bucket" not in block:
-            raise ValueError(
+            raise CloudConfigError(
                 "globals.yml of this environment has no 's3: {bucket, region, prefix, ...}' block: "
                 "use the cloud environment (--env cloud)."
             )

@@ -3,7 +3,9 @@ Processing job, ``LocalBackend`` runs the very same command and environment as a
 
 ``LocalBackend`` stands in for the container: a temp folder plays ``/opt/ml/processing`` (every occurrence of
 that prefix in the command and environment is mapped onto it), the S3 inputs are downloaded into it before the
-command starts and the outputs are uploaded from it when the command succeeds, as SageMaker does. The
+command starts and the outputs are uploaded from it when the command succeeds, as SageMaker does. The spec's
+``python3`` becomes the interpreter that runs Kedro (``sys.executable``), so the project's venv is used even
+when it is not activated (``python3`` from PATH could be the system Python, without the dependencies). The
 entrypoint unpacks the wheel onto ``PYTHONPATH`` and finds the dependencies already installed, so no network
 is needed (measured faster than ``pip install --no-deps`` into a ``--system-site-packages`` venv, which is
 what it replaces: creating the venv alone costs seconds per job).
@@ -15,6 +17,7 @@ import logging
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -139,6 +142,8 @@ class LocalBackend:
         for item in job.outputs:
             Path(_to_local(item.local_path, root)).mkdir(parents=True, exist_ok=True)
         command = [_to_local(arg, root) for arg in job.command]
+        if command[:1] == ["python3"]:  # the interpreter running kedro, not whichever python3 is on PATH
+            command[0] = sys.executable
         env = {**os.environ, **{k: _to_local(v, root) for k, v in job.environment.items()}}
         (root / "work").mkdir()
         log_path = root / "job.log"

@@ -13,6 +13,9 @@ It is shipped next to the wheel as ``cf_entrypoint.py`` and run as::
 4. runs ``python -m <package> <kedro args>`` with ``--nodes n1,n2`` and ``--params k=v,...``
    (nodes and params come one per argument because SageMaker caps each argument at 256 characters);
 5. writes a JSON report (command, exit code, duration) to ``--report`` and exits with Kedro's exit code.
+
+SIGTERM (how SageMaker's StopProcessingJob stops the container) is passed on to Kedro, whose S3 saves then
+abort their multipart uploads instead of leaving them unfinished in the bucket.
 """
 
 from __future__ import annotations  # the Python check must run on old images too
@@ -21,6 +24,7 @@ import argparse
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -153,7 +157,14 @@ def main(argv: list[str] | None = None) -> int:
 
     command = _kedro_command(args)
     _say("running " + " ".join(command))
-    returncode = subprocess.run(command, env=env, check=False).returncode
+    kedro_run = subprocess.Popen(command, env=env)
+
+    def forward(signum: int, frame: object) -> None:  # SageMaker stops a job with SIGTERM to this process
+        _say("SIGTERM: passed on to kedro, which aborts any upload in progress")
+        kedro_run.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    returncode = kedro_run.wait()
     report.update(command=command, returncode=returncode, duration_s=round(time.time() - start, 3))
     if opts.report:
         opts.report.parent.mkdir(parents=True, exist_ok=True)

@@ -227,11 +227,33 @@ class SageMakerRunner(AbstractRunner):
         if any(r.cost_usd is not None for r in self.results):
             log.info("Estimated compute cost of this run: ~$%.4f", total)
         if failure is not None:
-            done_nodes = [
-                n for n in pipeline.nodes if any(n.name in j.nodes for j in self.job_specs if j.name in done)
-            ]
-            self._suggest_resume_scenario(pipeline, done_nodes, catalog)
+            hint = resume_hint(pipeline, self.job_specs, done)
+            log.warning(hint)
+            failure.resume_hint = hint
+            failure.args = (f"{failure}\n{hint}",)  # the hint is part of the error's message
             raise failure
+
+
+def resume_hint(pipeline: Pipeline, specs: list[JobSpec], done: set[str]) -> str:
+    """How to resume a run after a job failed: ``--from-nodes`` with the first nodes of every job that did
+    not finish although all jobs it depends on did (their inputs are persisted, see ``check_persisted``).
+    Everything downstream of those nodes runs again; finished jobs do not."""
+    if not done:
+        return "No job finished: once the cause is fixed, run the same command again."
+    by_name = {node.name: node for node in pipeline.nodes}
+    first: set[str] = set()
+    for spec in specs:
+        if spec.name in done or not all(d in done for d in spec.depends_on):
+            continue
+        group = Pipeline([by_name[name] for name in spec.nodes if name in by_name])
+        inner = group.all_outputs()
+        first |= {n.name for n in group.nodes if not set(n.inputs) & inner}
+    unfinished = sum(len(s.nodes) for s in specs if s.name not in done)
+    return (
+        f"{len(done)} of {len(specs)} job(s) finished; {unfinished} node(s) have not run. To resume once the "
+        f'cause is fixed, add (or replace) this argument in your previous command: --from-nodes "'
+        f'{",".join(sorted(first))}"'
+    )
 
 
 def _stop_all(specs: list[JobSpec], backend: Backend) -> None:
