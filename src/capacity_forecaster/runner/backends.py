@@ -76,8 +76,8 @@ class SageMakerBackend:
             "Submitted SageMaker job %s (%s, %s x%d): %s",
             job.name,
             ", ".join(job.nodes),
-            s.instance_type,
-            s.instance_count,
+            job.resources.instance_type,
+            job.resources.instance_count,
             arn,
         )
 
@@ -89,12 +89,13 @@ class SageMakerBackend:
             poll_s=s.poll_interval_s,
             backoff=s.poll_backoff,
             max_poll_s=s.poll_max_interval_s,
-            timeout_s=s.effective_wait_timeout_s,
+            timeout_s=s.wait_timeout_for(job.resources),
             log_tail_lines=s.log_tail_lines,
             on_status=on_status,
         )
         seconds = job_seconds(desc, time.monotonic() - started)
-        return JobResult(job.name, arn, desc["ProcessingJobStatus"], seconds, s.estimate_cost(seconds))
+        cost = s.estimate_cost(seconds, job.resources)
+        return JobResult(job.name, arn, desc["ProcessingJobStatus"], seconds, cost)
 
     def stop(self, job: JobSpec) -> None:
         with self._lock:

@@ -12,6 +12,7 @@ It is shipped next to the wheel as ``cf_entrypoint.py`` and run as::
    has the project's dependencies, so the local backend needs no network);
 4. runs ``python -m <package> <kedro args>`` with ``--nodes n1,n2`` and ``--params k=v,...``
    (nodes and params come one per argument because SageMaker caps each argument at 256 characters);
+   (SIGTERM, which SageMaker sends when the job is stopped, is passed on to Kedro);
 5. writes a JSON report (command, exit code, duration) to ``--report`` and exits with Kedro's exit code.
 """
 
@@ -21,6 +22,7 @@ import argparse
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -84,6 +86,25 @@ def _kedro_command(args: argparse.Namespace) -> list[str]:
     if args.param:
         command += ["--params", ",".join(args.param)]
     return command
+
+
+def _run_forwarding_sigterm(command: list[str], env: dict[str, str]) -> int:
+    """Runs Kedro as a child and passes SIGTERM on to it.
+
+    SageMaker stops a job by sending SIGTERM to the container's entrypoint (this process); without the
+    forwarding Kedro would never hear of it, and a canvas node could not stop the AutoML job it started.
+    """
+    proc = subprocess.Popen(command, env=env)
+
+    def forward(signum: int, frame: object) -> None:
+        _say(f"received signal {signum}: passing it on to kedro")
+        proc.send_signal(signum)
+
+    previous = signal.signal(signal.SIGTERM, forward)
+    try:
+        return proc.wait()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -153,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
 
     command = _kedro_command(args)
     _say("running " + " ".join(command))
-    returncode = subprocess.run(command, env=env, check=False).returncode
+    returncode = _run_forwarding_sigterm(command, env)
     report.update(command=command, returncode=returncode, duration_s=round(time.time() - start, 3))
     if opts.report:
         opts.report.parent.mkdir(parents=True, exist_ok=True)
