@@ -1,7 +1,9 @@
 """The in-job bootstrap: requirement check (what it would install) and the Python version guard."""
 
 import shutil
+import signal
 import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -62,3 +64,19 @@ def test_the_bootstrap_itself_runs_on_the_default_images_python_3_9(tmp_path):
     )  # fmt: skip
     assert proc.returncode == 3
     assert "demo requires Python >=3.11 but this image has 3.9" in proc.stderr
+
+
+CHILD = """
+import os, signal, sys, time
+signal.signal(signal.SIGTERM, lambda *args: sys.exit(42))
+os.kill(os.getppid(), signal.SIGTERM)  # as SageMaker does to the container's entrypoint
+time.sleep(60)
+"""
+
+
+def test_sigterm_to_the_entrypoint_reaches_kedro(capsys):
+    """SageMaker stops a job with SIGTERM to the entrypoint; Kedro (the child) must get it to clean up."""
+    handler = signal.getsignal(signal.SIGTERM)
+    assert entrypoint._run_forwarding_sigterm([sys.executable, "-c", CHILD], env=None) == 42
+    assert "received signal 15: passing it on to kedro" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGTERM) is handler

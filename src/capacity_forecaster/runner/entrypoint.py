@@ -94,15 +94,22 @@ def _run_forwarding_sigterm(command: list[str], env: dict[str, str]) -> int:
     SageMaker stops a job by sending SIGTERM to the container's entrypoint (this process); without the
     forwarding Kedro would never hear of it, and a canvas node could not stop the AutoML job it started.
     """
-    proc = subprocess.Popen(command, env=env)
+    children: list[subprocess.Popen] = []
+    early: list[int] = []  # signals that came before the child existed
 
     def forward(signum: int, frame: object) -> None:
         _say(f"received signal {signum}: passing it on to kedro")
-        proc.send_signal(signum)
+        if children:
+            children[0].send_signal(signum)
+        else:
+            early.append(signum)
 
     previous = signal.signal(signal.SIGTERM, forward)
     try:
-        return proc.wait()
+        children.append(subprocess.Popen(command, env=env))
+        for signum in early:
+            children[0].send_signal(signum)
+        return children[0].wait()
     finally:
         signal.signal(signal.SIGTERM, previous)
 
