@@ -176,3 +176,17 @@ def test_codebuild_needs_a_service_role(bucket, project, monkeypatch):
     monkeypatch.delenv("CF_CODEBUILD_ROLE_ARN", raising=False)
     result = _cli(project, "image", "build", "--codebuild")
     assert result.exit_code == 2 and "--service-role-arn" in result.output
+
+
+def test_dockerfile_holds_pinned_dependencies_only_for_linux_amd64_as_a_non_root_user():
+    """No engine runs here, so the Dockerfile's promises are checked as text."""
+    lines = [line.strip() for line in (PROJECT_PATH / "Dockerfile").read_text().splitlines()]
+    instructions = [line for line in lines if line and not line.startswith("#")]
+    assert instructions[0] == "FROM --platform=linux/amd64 python:3.11-slim"
+    copies = [line for line in instructions if line.startswith("COPY")]
+    assert copies == ["COPY pyproject.toml constraints.txt ./"]  # no src/, no conf/: they ship per run
+    assert any("pip install -c constraints.txt -r requirements.txt" in line for line in instructions)
+    users = [line for line in instructions if line.startswith("USER")]
+    assert users == ["USER cf"]
+    ignored = [line for line in (PROJECT_PATH / ".dockerignore").read_text().splitlines() if line[:1] != "#"]
+    assert ignored == ["*", "!pyproject.toml", "!constraints.txt"]  # the builder gets nothing else

@@ -92,21 +92,6 @@ class JobSpec:
     tags: dict[str, str] = field(default_factory=dict)
     resources: JobResources = JobResources("ml.t3.medium", 1, 30, 600)
 
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-friendly view (used by ``dry_run``)."""
-        return {
-            "name": self.name,
-            "group": self.group,
-            "nodes": list(self.nodes),
-            "depends_on": list(self.depends_on),
-            "command": list(self.command),
-            "environment": dict(self.environment),
-            "inputs": [vars(i) for i in self.inputs],
-            "outputs": [vars(o) for o in self.outputs],
-            "tags": dict(self.tags),
-            "resources": vars(self.resources),
-        }
-
 
 @dataclass(frozen=True)
 class CodeBundle:

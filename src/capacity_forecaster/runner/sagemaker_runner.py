@@ -306,10 +306,11 @@ def _describe_cost(result: JobResult) -> str:
 
 def _canvas_params(catalog: Any) -> dict[str, Any] | None:
     """``params:canvas`` plus ``horizon`` and the holiday ``country``; ``None`` when the run has no canvas."""
-    if "params:canvas" not in catalog:
+    registered = set(catalog.keys())  # not `in catalog`: that also matches dataset factory patterns
+    if "params:canvas" not in registered:
         return None
-    calendar = catalog.load("params:calendar") if "params:calendar" in catalog else {}
-    horizon = catalog.load("params:horizon") if "params:horizon" in catalog else 0
+    calendar = catalog.load("params:calendar") if "params:calendar" in registered else {}
+    horizon = catalog.load("params:horizon") if "params:horizon" in registered else 0
     return {**catalog.load("params:canvas"), "horizon": horizon, "country": calendar.get("country", "")}
 
 
