@@ -10,6 +10,7 @@ file broke. Future rows: the regressors Autopilot trained with are needed for th
 item gets ``horizon`` rows after its last day with the calendar flags filled and the target left empty.
 """
 
+import numpy as np
 import pandas as pd
 
 from capacity_forecaster.calendar import calendar_features
@@ -58,36 +59,39 @@ def add_future_regressors(  # noqa: PLR0917 (one argument per parameter leaf)
 def split_whole_items(frame: pd.DataFrame, max_file_mb: float) -> list[bytes]:
     """CSV files (header on each) holding whole items, each smaller than ``max_file_mb`` MiB.
 
-    Items keep their order; a file is closed when the next item would reach the limit.
+    Items keep their order; a file is closed when the next item would reach the limit. The CSV is rendered
+    once and cut at item boundaries (byte offsets of the line ends), so the cost is one ``to_csv``.
 
     Raises:
-        ValueError: If one item alone (with the header) reaches the limit, naming it and its size.
+        ValueError: If one item alone (with the header) reaches the limit, naming it and its size, or if an
+            item's rows are not contiguous.
     """
     limit = int(max_file_mb * MIB)
     header = ",".join(map(str, frame.columns)).encode() + b"\n"
     body = frame.to_csv(index=False, header=False, lineterminator="\n").encode()
-    lines = body.splitlines(keepends=True)
-    if len(lines) != len(frame):
+    line_ends = np.flatnonzero(np.frombuffer(body, dtype=np.uint8) == ord("\n")) + 1
+    if len(line_ends) != len(frame):
         raise ValueError("canvas transform input has values with line breaks; cannot split it by row")
     items = frame[ITEM_ID].astype(str).to_numpy()
+    first_rows = np.flatnonzero(np.r_[True, items[1:] != items[:-1]]) if len(items) else np.array([], int)
+    if len(first_rows) != len(set(items)):
+        raise ValueError("canvas transform input must hold each item's rows together (sort by item_id)")
+    starts = np.r_[0, line_ends][first_rows]
+    ends = np.r_[starts[1:], len(body)]
     files: list[bytes] = []
-    current, size, start = [header], len(header), 0
-    for end in range(1, len(lines) + 1):
-        if end < len(lines) and items[end] == items[start]:
-            continue
-        chunk = b"".join(lines[start:end])
-        if len(header) + len(chunk) >= limit:
+    file_start = None
+    for name, start, end in zip(items[first_rows], starts, ends, strict=True):
+        if len(header) + end - start >= limit:
             raise ValueError(
-                f"canvas item {items[start]!r} alone is {(len(header) + len(chunk)) / MIB:.2f} MiB, not "
+                f"canvas item {name!r} alone is {(len(header) + end - start) / MIB:.2f} MiB, not "
                 f"below the transform file limit of {max_file_mb} MiB; raise canvas.transform_max_file_mb "
                 "(at most 100) or shorten the history"
             )
-        if size + len(chunk) >= limit:
-            files.append(b"".join(current))
-            current, size = [header], len(header)
-        current.append(chunk)
-        size += len(chunk)
-        start = end
-    if len(current) > 1:
-        files.append(b"".join(current))
+        if file_start is None:
+            file_start = start
+        elif len(header) + end - file_start >= limit:
+            files.append(header + body[file_start:start])
+            file_start = start
+    if file_start is not None:
+        files.append(header + body[file_start:])
     return files
