@@ -67,3 +67,9 @@ def test_an_item_larger_than_the_limit_is_refused_with_its_name():
     training = export_canvas_training_data(_features(2, 400), REGRESSORS)
     with pytest.raises(ValueError, match=r"canvas item 'srv-0000\|cpu_p95' alone is 0\.0\d MiB"):
         split_whole_items(training, 0.005)
+
+
+def test_an_item_split_across_the_frame_is_refused():
+    rows = pd.DataFrame({ITEM_ID: ["a|cpu", "b|cpu", "a|cpu"], TIMESTAMP: ["2024-01-01"] * 3, TARGET: 1.0})
+    with pytest.raises(ValueError, match="each item's rows together"):
+        split_whole_items(rows, 1)
