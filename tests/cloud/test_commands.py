@@ -186,4 +186,54 @@ def test_check_on_a_missing_bucket_fails_clearly(aws, monkeypatch):
 def test_cloud_group_is_registered_on_the_project_cli():
     from capacity_forecaster.cli import cli  # noqa: PLC0415
 
-    assert set(cli.commands["cloud"].commands) == {"push", "check"}
+    assert {"push", "check", "image", "setup-role"} <= set(cli.commands["cloud"].commands)
+    assert set(cli.commands["cloud"].commands["image"].commands) == {"build", "push"}
+
+
+# setup-role -------------------------------------------------------------------------------------------------
+def _role_policies(role: str) -> dict[str, dict]:
+    iam = boto3.client("iam")
+    names = iam.list_role_policies(RoleName=role)["PolicyNames"]
+    return {n: iam.get_role_policy(RoleName=role, PolicyName=n)["PolicyDocument"] for n in names}
+
+
+def test_setup_role_creates_the_job_role_from_the_documented_policies(bucket):
+    result = _cli("setup-role", "--canvas")
+    assert result.exit_code == 0, result.output
+    arn = "arn:aws:iam::123456789012:role/capacity-forecaster-jobs"
+    assert result.output.strip().endswith(f"export CF_SAGEMAKER_ROLE_ARN={arn}")
+    role = boto3.client("iam").get_role(RoleName="capacity-forecaster-jobs")["Role"]
+    assert role["AssumeRolePolicyDocument"]["Statement"][0]["Principal"] == {
+        "Service": "sagemaker.amazonaws.com"
+    }
+    policies = _role_policies("capacity-forecaster-jobs")
+    assert sorted(policies) == ["capacity-forecaster-canvas", "capacity-forecaster-jobs"]
+    text = json.dumps(policies)
+    assert "${" not in text and f"arn:aws:s3:::{bucket}/raw/*" in text  # no CF_PREFIX: layout at the root
+    assert "arn:aws:iam::123456789012:role/capacity-forecaster-jobs" in text
+
+    again = _cli("setup-role", "--canvas", "--check")
+    assert again.exit_code == 0 and "matches docs/iam" in again.output
+
+
+def test_setup_role_check_reports_drift_and_a_rerun_repairs_it(bucket, monkeypatch):
+    monkeypatch.setenv("CF_PREFIX", "team-a")
+    assert _cli("setup-role").exit_code == 0
+    assert f"arn:aws:s3:::{bucket}/team-a/raw/*" in json.dumps(_role_policies("capacity-forecaster-jobs"))
+    boto3.client("iam").put_role_policy(
+        RoleName="capacity-forecaster-jobs",
+        PolicyName="capacity-forecaster-jobs",
+        PolicyDocument=json.dumps(
+            {
+                "Version": "2012-10-17",
+                "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}],  # widened by hand
+            }
+        ),
+    )
+    check = _cli("setup-role", "--check")
+    assert check.exit_code == 1
+    assert "would update inline policy capacity-forecaster-jobs" in check.output
+    assert "differs from docs/iam" in check.output
+    fixed = _cli("setup-role")
+    assert fixed.exit_code == 0 and "update inline policy capacity-forecaster-jobs" in fixed.output
+    assert _cli("setup-role", "--check").exit_code == 0

@@ -11,6 +11,7 @@ from capacity_forecaster.runner.config import SageMakerSettings
 from tests.runner.toy_project import write_toy_project
 
 ROLE = "arn:aws:iam::123456789012:role/cf-test"
+IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/capacity-forecaster:test"
 
 
 @pytest.fixture(scope="session")
@@ -30,6 +31,7 @@ def make_settings() -> Callable[..., SageMakerSettings]:
         values = {
             "role_arn": ROLE,
             "s3_prefix": "s3://cf-test/sagemaker",
+            "image_uri": IMAGE,
             "poll_interval_s": 0.0,
             "poll_max_interval_s": 0.0,
             **kwargs,

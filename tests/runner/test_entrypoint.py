@@ -107,3 +107,19 @@ def test_sigterm_to_the_bootstrap_reaches_kedro(tmp_path):
         if proc.poll() is None:
             proc.kill()
     assert (tmp_path / "sigterm").read_text() == "kedro got SIGTERM"
+
+
+CHILD = """
+import os, signal, sys, time
+signal.signal(signal.SIGTERM, lambda *args: sys.exit(42))
+os.kill(os.getppid(), signal.SIGTERM)  # as SageMaker does to the container's entrypoint
+time.sleep(60)
+"""
+
+
+def test_sigterm_to_the_entrypoint_reaches_kedro(capsys):
+    """SageMaker stops a job with SIGTERM to the entrypoint; Kedro (the child) must get it to clean up."""
+    handler = signal.getsignal(signal.SIGTERM)
+    assert entrypoint._run_forwarding_sigterm([sys.executable, "-c", CHILD], env=None) == 42
+    assert "received signal 15: passing it on to kedro" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGTERM) is handler

@@ -7,6 +7,7 @@ from kedro.io import DataCatalog, MemoryDataset
 from kedro.pipeline import Node, Pipeline
 from kedro_datasets.json import JSONDataset
 
+from capacity_forecaster.runner.config import JobResources
 from capacity_forecaster.runner.constants import CONTAINER_ROOT, JOB_NAME_MAX, JOB_NAME_PATTERN
 from capacity_forecaster.runner.jobs import (
     CodeBundle,
@@ -199,3 +200,26 @@ def test_a_group_too_big_for_sagemakers_argument_limit_is_refused():
 def test_topological_order_refuses_a_cycle():
     with pytest.raises(GroupingError, match=r"cycle: \['a', 'b'\]"):
         topological_order([JobGroup("a", ("a",), ("b",)), JobGroup("b", ("b",), ("a",))])
+
+
+def test_more_than_one_instance_is_refused_for_a_group_that_is_not_sharded(three_groups):
+    groups = group_pipeline(three_groups)
+    with pytest.raises(JobSpecError, match=r"instance_count=2.*not sharded.*`modelling.shards`"):
+        build_job_specs(
+            groups,
+            run_id="r1",
+            run_uri="s3://b/runs/r1",
+            bundle=BUNDLE,
+            kedro_env="cloud",
+            resources={groups[0].name: JobResources("ml.m5.large", 2, 30, 600)},
+        )
+
+
+def test_groups_carry_their_nodes_tags():
+    pipe = Pipeline(
+        [
+            Node(identity, "a", "b", name="n1", namespace="canvas", tags=["canvas", "aws"]),
+            Node(identity, "b", "c", name="n2", namespace="canvas", tags=["canvas"]),
+        ]
+    )
+    assert [g.tags for g in group_pipeline(pipe)] == [("aws", "canvas")]

@@ -12,8 +12,9 @@ import boto3
 import pytest
 from botocore.stub import Stubber
 
-from capacity_forecaster.runner import JobFailedError, NonPersistedDatasetError, SageMakerRunner
+from capacity_forecaster.runner import JobFailedError, JobSpecError, NonPersistedDatasetError, SageMakerRunner
 from capacity_forecaster.runner.backends import LocalBackend, SageMakerBackend
+from capacity_forecaster.runner.config import JobResources
 from capacity_forecaster.runner.constants import CODE_DIR, META_DIR
 from capacity_forecaster.runner.jobs import JobInput, JobOutput, JobSpec
 from capacity_forecaster.runner.sagemaker_client import S3Store, SageMakerClient
@@ -53,13 +54,56 @@ def test_runner_accepts_the_kedro_cli_arguments(toy_project, make_settings):
     assert runner.settings.max_concurrent_jobs == 2 and runner.settings.dry_run is True
 
 
-def test_dry_run_prints_specs_and_submits_nothing(bucket, runner_for, capsys):
-    runner = runner_for(dry_run=True)
-    runner.run(TOY, toy_catalog())
-    out = capsys.readouterr().out  # Kedro's rich log handler may write to stdout too
+def _printed_requests(out: str) -> list[dict]:
+    """The JSON list a dry run prints (Kedro's rich log handler may write to stdout too)."""
     printed, _ = json.JSONDecoder().raw_decode(out[out.index("[\n  {") :])
-    assert [j["name"] for j in printed] == ["cf-t1-prep", "cf-t1-plot", "cf-t1-stats"]  # dependencies first
+    return printed
+
+
+def _validate_with_stubber(planned: list[dict]) -> None:
+    """Sends every printed request through botocore (model validation) to a Stubber expecting exactly it."""
+    sm = boto3.client("sagemaker", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
+    responses = {
+        "CreateProcessingJob": ("create_processing_job", {"ProcessingJobArn": "arn:aws:sagemaker:x"}),
+        "CreateAutoMLJobV2": ("create_auto_ml_job_v2", {"AutoMLJobArn": "arn:aws:sagemaker:x"}),
+        "CreateTransformJob": ("create_transform_job", {"TransformJobArn": "arn:aws:sagemaker:x"}),
+    }
+    with Stubber(sm) as st:
+        for item in planned:
+            method, response = responses[item["operation"]]
+            st.add_response(method, response, item["request"])
+            getattr(sm, method)(**item["request"])
+        st.assert_no_pending_responses()
+
+
+def test_dry_run_prints_the_exact_requests_and_submits_nothing(bucket, runner_for, capsys):
+    runner = runner_for(
+        dry_run=True,
+        resources={"plot": {"instance_type": "ml.m5.xlarge", "max_runtime_s": 1800, "volume_size_gb": 50}},
+    )
+    runner.run(TOY, toy_catalog())
+    printed = _printed_requests(capsys.readouterr().out)
+    assert {p["operation"] for p in printed} == {"CreateProcessingJob"}
+    requests = [p["request"] for p in printed]
+    assert [r["ProcessingJobName"] for r in requests] == ["cf-t1-prep", "cf-t1-plot", "cf-t1-stats"]
     assert printed[1]["depends_on"] == printed[2]["depends_on"] == ["cf-t1-prep"]
+    assert requests[1]["ProcessingResources"]["ClusterConfig"] == {
+        "InstanceCount": 1,
+        "InstanceType": "ml.m5.xlarge",
+        "VolumeSizeInGB": 50,
+    }
+    assert requests[1]["StoppingCondition"] == {"MaxRuntimeInSeconds": 1800}
+    assert requests[0]["ProcessingResources"]["ClusterConfig"]["InstanceType"] == "ml.t3.medium"
+    assert requests[0]["AppSpecification"]["ImageUri"] == runner.settings.image_uri
+    assert requests[0]["RoleArn"] == runner.settings.role_arn
+    assert requests[0]["Environment"]["CF_SAGEMAKER_ROLE_ARN"] == runner.settings.role_arn
+    _validate_with_stubber(printed)
+    assert _jobs_on_moto() == [] and _keys() == []
+
+
+def test_more_than_one_instance_is_refused_before_submitting(bucket, runner_for):
+    with pytest.raises(JobSpecError, match="'stats' asks for instance_count=3, but it is not sharded"):
+        runner_for(resources={"stats": {"instance_count": 3}}).run(TOY, toy_catalog())
     assert _jobs_on_moto() == [] and _keys() == []
 
 
@@ -245,3 +289,23 @@ def test_failing_job_on_local_backend_raises_with_log_tail(
     )
     assert '--from-nodes "stats.summarise_node"' in str(err.value)  # the resume hint is in the error
     assert "--from-nodes" in caplog.text
+
+
+def test_local_backend_stops_a_job_at_its_own_max_runtime(bucket, make_settings):
+    """A job group's ``max_runtime_s`` (resources in sagemaker.yml) is the local limit, not the global one."""
+    s3 = boto3.client("s3")
+    s3.put_object(Bucket="cf-test", Key="code/placeholder.txt", Body=b"x")
+    spec = JobSpec(
+        name="cf-t1-sleep",
+        group="sleep",
+        nodes=("sleep_node",),
+        depends_on=(),
+        command=("python3", "-c", "import time; time.sleep(600)"),
+        environment={},
+        inputs=(JobInput("code", "s3://cf-test/code/", CODE_DIR),),
+        outputs=(JobOutput("meta", META_DIR, "s3://cf-test/meta/"),),
+        resources=JobResources("ml.t3.medium", 1, 30, 1),
+    )
+    backend = LocalBackend(S3Store(s3), make_settings(max_runtime_s=900), keep_failed=False)
+    with pytest.raises(JobFailedError, match="ended Stopped: MaxRuntimeExceeded: job ran longer than 1 s"):
+        backend.run(spec)

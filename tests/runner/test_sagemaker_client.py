@@ -9,12 +9,14 @@ import boto3
 import pytest
 from botocore.stub import Stubber
 
+from capacity_forecaster.runner.config import JobResources
 from capacity_forecaster.runner.jobs import CodeBundle, JobGroup, build_job_specs
 from capacity_forecaster.runner.sagemaker_client import (
     JobFailedError,
     JobTimeoutError,
     S3Store,
     SageMakerClient,
+    console_links,
     create_request,
 )
 
@@ -28,7 +30,7 @@ BUNDLE = CodeBundle(
 )
 
 
-def _spec(group: str = "risk_analysis"):
+def _spec(group: str = "risk_analysis", resources: JobResources | None = None):
     groups = [JobGroup(group, (f"{group}.score_node", f"{group}.plan_node"))]
     return build_job_specs(
         groups,
@@ -38,6 +40,7 @@ def _spec(group: str = "risk_analysis"):
         kedro_env="cloud",
         environment={"CF_BUCKET": "cf-test"},
         tags={"owner": "t"},
+        resources={group: resources} if resources else None,
     )[0]
 
 
@@ -105,15 +108,72 @@ def test_create_request_passes_botocore_validation_on_moto(aws, make_settings):
     assert tags == {"owner": "t", "project": "capacity-forecaster", "run_id": "r1", "group": "risk_analysis"}
 
 
-def test_request_carries_settings(make_settings):
-    request = create_request(_spec(), make_settings(instance_type="ml.m5.large", volume_size_gb=50))
+def test_request_carries_the_groups_resources_and_the_settings(make_settings):
+    request = create_request(_spec(resources=JobResources("ml.m5.large", 1, 50, 1800)), make_settings())
     assert request["ProcessingResources"]["ClusterConfig"] == {
         "InstanceCount": 1,
         "InstanceType": "ml.m5.large",
         "VolumeSizeInGB": 50,
     }
+    assert request["StoppingCondition"] == {"MaxRuntimeInSeconds": 1800}
     assert request["Environment"]["KEDRO_DISABLE_TELEMETRY"] == "true"
     assert request["RoleArn"] == "arn:aws:iam::123456789012:role/cf-test"
+    assert request["AppSpecification"]["ImageUri"] == make_settings().image_uri
+
+
+def _quota_error(stubber: Stubber, request: dict) -> None:
+    stubber.add_client_error(
+        "create_processing_job",
+        service_error_code="ResourceLimitExceeded",
+        service_message="The account-level service limit 'ml.m5.large for processing job usage' "
+        "is 4 Instances",
+        http_status_code=400,
+        expected_params=request,
+    )
+
+
+def test_quota_refusal_waits_and_resubmits_with_a_clear_message(offline_sm, make_settings, caplog):
+    spec, settings, clock = (
+        _spec(resources=JobResources("ml.m5.large", 1, 30, 600)),
+        make_settings(),
+        FakeClock(),
+    )
+    request = create_request(spec, settings)
+    caplog.set_level("INFO", logger="capacity_forecaster")
+    client = SageMakerClient(offline_sm, sleep=clock.sleep, quota_retry_wait_s=120, quota_max_wait_s=600)
+    with Stubber(offline_sm) as st:
+        _quota_error(st, request)
+        _quota_error(st, request)
+        st.add_response("create_processing_job", {"ProcessingJobArn": ARN + spec.name}, request)
+        assert client.submit(spec, settings) == ARN + spec.name
+        st.assert_no_pending_responses()
+    assert clock.sleeps == [120, 120]
+    waiting = [r.getMessage() for r in caplog.records if "quota reached" in r.getMessage()]
+    assert len(waiting) == 2 and "1 x ml.m5.large" in waiting[0] and "is 4 Instances" in waiting[0]
+    assert "Waiting 120 s before resubmitting" in waiting[0]
+    links = console_links("us-east-1", spec.name)
+    assert links["console"] == (
+        "https://us-east-1.console.aws.amazon.com/sagemaker/home?region=us-east-1"
+        "#/processing-jobs/cf-r1-risk-analysis"
+    )
+    logged = " ".join(r.getMessage() for r in caplog.records)
+    assert links["console"] in logged and links["logs"] in logged
+    assert (
+        "$252Faws$252Fsagemaker$252FProcessingJobs$3FlogStreamNameFilter$3Dcf-r1-risk-analysis"
+        in links["logs"]
+    )
+
+
+def test_quota_refusal_gives_up_after_the_longest_wait(offline_sm, make_settings):
+    spec, settings, clock = _spec(), make_settings(), FakeClock()
+    request = create_request(spec, settings)
+    client = SageMakerClient(offline_sm, sleep=clock.sleep, quota_retry_wait_s=300, quota_max_wait_s=600)
+    with Stubber(offline_sm) as st:
+        for _ in range(3):
+            _quota_error(st, request)
+        with pytest.raises(JobFailedError, match=r"ResourceLimitExceeded after waiting 600 s: .*4 Instances"):
+            client.submit(spec, settings)
+    assert clock.sleeps == [300, 300]
 
 
 def test_failed_job_raises_with_reason_and_cloudwatch_tail(aws, offline_sm):

@@ -5,17 +5,22 @@ clients wired to moto's server or wrapped in botocore's ``Stubber``); ``Autopilo
 from the standard AWS chain (environment, profile, instance role; ``AWS_ENDPOINT_URL`` is honoured by boto3).
 
 One run (``AutopilotClient.forecast``): upload the training CSV -> ``create_auto_ml_job_v2`` -> poll with
-backoff -> ``create_model`` from the best candidate -> ``create_transform_job`` over the same CSV ->
-poll -> read and parse ``<input>.out`` -> delete the model and the temporary S3 objects (always, also
-after a failure).
+backoff -> ``create_model`` from the best candidate -> upload the transform input (history plus future
+regressor rows, in files of whole items below ``transform_max_file_mb``) -> ``create_transform_job`` over
+them -> poll -> read and parse every ``<file>.out`` -> delete the model and the temporary S3 objects (always,
+also after a failure).
 Every AWS failure becomes ``CanvasUnavailableError`` with a short ``reason``, recorded by the pipeline,
-which then falls back.
+which then falls back. An interrupted run (Ctrl-C, or SIGTERM when its Processing job is stopped) stops the
+AutoML or transform job it was waiting for before it cleans up and re-raises, so nothing is left billing.
 """
 
+import contextlib
 import io
 import logging
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -26,6 +31,7 @@ from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionEr
 
 from .output import parse_transform_output
 from .requests import (
+    TRANSFORM_FILE,
     AutopilotSettings,
     JobNames,
     build_automl_request,
@@ -34,6 +40,7 @@ from .requests import (
     make_job_names,
     s3_uris,
 )
+from .transform_input import split_whole_items
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +84,27 @@ class CostRates:
 
     training_usd_per_hour: float = 1.0
     transform_usd_per_hour: float = 0.46
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Turns SIGTERM into ``KeyboardInterrupt`` while the block runs (main thread only; elsewhere a no-op).
+
+    SageMaker stops a Processing job by sending its container SIGTERM; the entrypoint forwards it to Kedro,
+    and this lets ``AutopilotClient.forecast`` stop the AutoML or transform job it started before exiting.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}: the job running this node is being stopped")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _reason_of(error: Exception) -> str:
@@ -156,6 +184,41 @@ class AutopilotClient:
         self._s3.put_object(Bucket=bucket, Key=key, Body=buffer.getvalue().encode("utf-8"))
         logger.info("canvas: uploaded %d rows to %s", len(frame), uri)
 
+    def upload_transform_input(self, frame: pd.DataFrame, prefix: str, max_file_mb: float) -> list[str]:
+        """Writes the transform input as CSV files of whole items below ``max_file_mb``; returns the URIs."""
+        bucket, key = _split_s3(prefix)
+        uris = []
+        for number, content in enumerate(split_whole_items(frame, max_file_mb)):
+            name = key + TRANSFORM_FILE.format(number)
+            self._s3.put_object(Bucket=bucket, Key=name, Body=content)
+            uris.append(f"s3://{bucket}/{name}")
+        logger.info("canvas: transform input %d rows in %d file(s) under %s", len(frame), len(uris), prefix)
+        return uris
+
+    def read_transform_output(self, inputs: list[str], output_prefix: str) -> list[str]:
+        """Texts of the ``<input file>.out`` objects of every transform input file.
+
+        Batch transform "stores the transformed data with an .out suffix in a corresponding subfolder in the
+        location in the output prefix" (botocore's ``TransformOutput.S3OutputPath``), so outputs are matched
+        to inputs by file name anywhere under ``output_prefix``.
+
+        Raises:
+            CanvasUnavailableError: ``bad_output`` naming the input files without an output.
+        """
+        bucket, key = _split_s3(output_prefix)
+        found: dict[str, str] = {}
+        for page in self._s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key):
+            for listed in page.get("Contents", []):
+                found.setdefault(listed["Key"].rsplit("/", 1)[-1], listed["Key"])
+        wanted = [uri.rsplit("/", 1)[-1] + ".out" for uri in inputs]
+        missing = [name for name in wanted if name not in found]
+        if missing:
+            raise CanvasUnavailableError(
+                "bad_output",
+                f"transform wrote no {missing[:3]} under {output_prefix} ({len(missing)} missing)",
+            )
+        return [self.read_text(f"s3://{bucket}/{found[name]}") for name in wanted]
+
     def read_text(self, uri: str) -> str:
         """Reads an S3 object as UTF-8 text."""
         bucket, key = _split_s3(uri)
@@ -220,6 +283,52 @@ class AutopilotClient:
             )
         return desc
 
+    def _transform(  # noqa: PLR0917
+        self,
+        inference: pd.DataFrame,
+        settings: AutopilotSettings,
+        names: JobNames,
+        poll: PollSettings,
+        record: dict,
+        running: dict[str, Callable[[], object]],
+    ) -> pd.DataFrame:
+        """Uploads the transform input, runs the batch transform and parses every output file."""
+        uris = s3_uris(settings, names)
+        try:
+            inputs = self.upload_transform_input(
+                inference, uris["transform_input"], settings.transform_max_file_mb
+            )
+        except ValueError as error:
+            raise CanvasUnavailableError("bad_input", str(error)) from error
+        record["transform_input_files"] = len(inputs)
+        start = self._clock()
+        self._sm.create_transform_job(**build_transform_request(settings, names))
+        running[f"transform job {names.transform}"] = lambda: self._sm.stop_transform_job(
+            TransformJobName=names.transform
+        )
+        transform = self.wait_for_transform(names.transform, poll)
+        running.clear()
+        record["transform_seconds"] = _job_seconds(
+            transform, "TransformStartTime", "TransformEndTime", self._clock() - start
+        )
+        texts = self.read_transform_output(inputs, uris["transform_output"])
+        try:
+            return pd.concat([parse_transform_output(text) for text in texts], ignore_index=True)
+        except ValueError as error:
+            raise CanvasUnavailableError("bad_output", str(error)) from error
+
+    def _stop(self, running: dict[str, Callable[[], object]]) -> list[str]:
+        """Stops the jobs of an interrupted run; returns what was stopped."""
+        stopped = []
+        for what, stop in running.items():
+            try:
+                stop()
+                stopped.append(what)
+                logger.warning("canvas: run interrupted; stopped %s", what)
+            except (ClientError, BotoCoreError) as error:
+                logger.warning("canvas: run interrupted; could not stop %s: %s", what, error)
+        return stopped
+
     def cleanup(self, names: JobNames, uris: dict[str, str], model_created: bool) -> list[str]:
         """Deletes the model and the temporary S3 objects (training copy, transform output); never raises.
 
@@ -233,7 +342,7 @@ class AutopilotClient:
                 deleted.append(f"model {names.model}")
             except (ClientError, BotoCoreError) as error:
                 logger.warning("canvas: could not delete model %s: %s", names.model, error)
-        for prefix in (uris["input_prefix"], uris["transform_output"]):
+        for prefix in (uris["input_prefix"], uris["transform_input"], uris["transform_output"]):
             bucket, key = _split_s3(prefix)
             try:  # DeleteObject per key (a few files); DeleteObjects reports denials only in its body
                 for listed in self._s3.list_objects_v2(Bucket=bucket, Prefix=key).get("Contents", []):
@@ -249,6 +358,7 @@ class AutopilotClient:
     def forecast(
         self,
         training: pd.DataFrame,
+        inference: pd.DataFrame,
         settings: AutopilotSettings,
         poll: PollSettings,
         transform_poll: PollSettings,
@@ -256,7 +366,10 @@ class AutopilotClient:
         rates: CostRates = CostRates(),
         now: datetime | None = None,
     ) -> tuple[pd.DataFrame, dict]:
-        """Trains on ``training`` and forecasts ``settings.horizon`` days for every item.
+        """Trains on ``training`` and forecasts ``settings.horizon`` days for every item of ``inference``.
+
+        ``inference`` is the transform input: the history plus each item's future regressor rows
+        (``transform_input.add_future_regressors``).
 
         Returns:
             The parsed forecasts (model ``canvas``) and a run record: job names, statuses, best candidate
@@ -274,11 +387,16 @@ class AutopilotClient:
             "s3_output": uris["output"],
         }
         model_created = False
+        running: dict[str, Callable[[], object]] = {}  # jobs created and not yet seen ending
         wall = self._clock()
         try:
             self.upload_csv(training, uris["input_file"])
             self._sm.create_auto_ml_job_v2(**build_automl_request(settings, names))
+            running[f"AutoML job {names.automl}"] = lambda: self._sm.stop_auto_ml_job(
+                AutoMLJobName=names.automl
+            )
             job = self.wait_for_automl(names.automl, poll)
+            running.clear()
             best = job.get("BestCandidate") or {}
             if not best:
                 raise CanvasUnavailableError(
@@ -292,16 +410,7 @@ class AutopilotClient:
             )
             self._sm.create_model(**build_model_request(settings, names, best))
             model_created = True
-            transform_start = self._clock()
-            self._sm.create_transform_job(**build_transform_request(settings, names))
-            transform = self.wait_for_transform(names.transform, transform_poll)
-            record["transform_seconds"] = _job_seconds(
-                transform, "TransformStartTime", "TransformEndTime", self._clock() - transform_start
-            )
-            try:
-                forecasts = parse_transform_output(self.read_text(uris["transform_result"]))
-            except ValueError as error:
-                raise CanvasUnavailableError("bad_output", str(error)) from error
+            forecasts = self._transform(inference, settings, names, transform_poll, record, running)
         except CanvasUnavailableError as error:
             error.record = record
             raise
@@ -309,6 +418,9 @@ class AutopilotClient:
             converted = classify_error(error)
             converted.record = record
             raise converted from error
+        except BaseException:  # Ctrl-C, or SIGTERM because the Processing job running this was stopped
+            record["stopped"] = self._stop(running)
+            raise
         finally:
             record["cleaned_up"] = self.cleanup(names, uris, model_created)
             record["wall_seconds"] = round(self._clock() - wall, 1)

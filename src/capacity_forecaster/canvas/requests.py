@@ -5,9 +5,12 @@ be shown (notebook), validated by botocore against moto's server (tests) and sen
 ``client.AutopilotClient``.
 """
 
+import math
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
+from typing import Any
 
 from capacity_forecaster.schema import QUANTILES
 
@@ -18,6 +21,8 @@ ITEM_SEPARATOR = "|"
 """``item_id`` = ``<server_id>|<metric>``; metric names never contain the separator."""
 
 TRAINING_FILE = "canvas_training_data.csv"
+TRANSFORM_FILE = "part-{:05d}.csv"
+"""Transform input files; batch transform writes ``<file>.out`` for each."""
 AUTOML_NAME_MAX = 32  # AutoMLJobName: 1-32 chars, [a-zA-Z0-9](-*[a-zA-Z0-9]){0,31}
 RESOURCE_NAME_MAX = 63  # ModelName, TransformJobName
 _NAME_OK = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9])*$")
@@ -36,6 +41,8 @@ class AutopilotSettings:
         max_runtime_per_training_job_s: Cap on each candidate's training job.
         max_candidates: Cap on the number of candidates Autopilot trains.
         transform_instance_type: Instance type of the batch transform job.
+        transform_max_file_mb: Transform input files hold whole items and stay below this many MiB; also
+            the transform's ``MaxPayloadInMB`` (rounded up; SageMaker allows at most 100).
         job_prefix: Start of every job name (letters, digits and hyphens).
         region: AWS region; empty means the standard AWS chain (AWS_REGION, profile, ...).
     """
@@ -48,8 +55,22 @@ class AutopilotSettings:
     max_runtime_per_training_job_s: int = 900
     max_candidates: int = 4
     transform_instance_type: str = "ml.m5.2xlarge"
+    transform_max_file_mb: float = 100.0
     job_prefix: str = "cf-canvas"
     region: str = ""
+
+
+def settings_from_params(
+    canvas: Mapping[str, Any], horizon: int, country: str, role_arn: str = ""
+) -> AutopilotSettings:
+    """``AutopilotSettings`` from the ``canvas`` parameters; ``role_arn`` wins over ``canvas.role_arn``."""
+    known = {f.name for f in fields(AutopilotSettings)} - {"role_arn", "horizon", "country"}
+    return AutopilotSettings(
+        role_arn=role_arn or str(canvas.get("role_arn") or ""),
+        horizon=int(horizon),
+        country=str(country),
+        **{name: canvas[name] for name in known if name in canvas},
+    )
 
 
 @dataclass(frozen=True)
@@ -93,9 +114,22 @@ def s3_uris(settings: AutopilotSettings, names: JobNames) -> dict[str, str]:
         "input_prefix": f"{base}/input/",
         "input_file": f"{base}/input/{TRAINING_FILE}",
         "output": f"{base}/output/",
+        "transform_input": f"{base}/transform-input/",
         "transform_output": f"{base}/transform/",
-        "transform_result": f"{base}/transform/{TRAINING_FILE}.out",
     }
+
+
+def payload_mb(max_file_mb: float) -> int:
+    """``MaxPayloadInMB`` for files below ``max_file_mb`` MiB: whole MB, at least 1, at most 100."""
+    return max(1, min(100, math.ceil(max_file_mb)))
+
+
+def autopilot_wait_s(
+    max_runtime_s: float, wait_grace_s: float, transform_timeout_s: float, poll_max_interval_s: float
+) -> int:
+    """Longest time the canvas node can wait on AWS: the AutoML cap and its grace, the transform's time
+    limit, and one polling interval after each (the job running the node must be allowed this long)."""
+    return int(math.ceil(max_runtime_s + wait_grace_s + transform_timeout_s + 2 * poll_max_interval_s))
 
 
 def build_automl_request(settings: AutopilotSettings, names: JobNames) -> dict:
@@ -135,6 +169,19 @@ def build_automl_request(settings: AutopilotSettings, names: JobNames) -> dict:
     }
 
 
+def planned_requests(settings: AutopilotSettings, now: datetime | None = None) -> list[tuple[str, dict]]:
+    """The requests a run will send that can be known before it starts, for a dry run.
+
+    ``CreateModel`` is left out: it is built from the best candidate's inference containers, which exist
+    only once Autopilot has finished.
+    """
+    names = make_job_names(settings.job_prefix, now)
+    return [
+        ("CreateAutoMLJobV2", build_automl_request(settings, names)),
+        ("CreateTransformJob", build_transform_request(settings, names)),
+    ]
+
+
 def build_model_request(settings: AutopilotSettings, names: JobNames, best_candidate: dict) -> dict:
     """Builds the ``create_model`` request from the best candidate's inference containers.
 
@@ -159,17 +206,21 @@ def build_model_request(settings: AutopilotSettings, names: JobNames, best_candi
 
 
 def build_transform_request(settings: AutopilotSettings, names: JobNames) -> dict:
-    """Builds the ``create_transform_job`` request over the training CSV (history up to the last day).
+    """Builds the ``create_transform_job`` request over the transform input prefix.
 
-    The documented Autopilot batch forecasting setup: CSV in, ``SplitType`` None (each item's history must
-    reach the model whole), output assembled by line into ``<input file>.out`` under ``S3OutputPath``.
+    Autopilot batch forecasting as the SageMaker developer guide documents it ("Batch forecasting" of
+    Autopilot time-series models): CSV in, ``SplitType`` ``None`` (each file is one request, so an item's
+    history reaches the model whole; ``transform_input.split_whole_items`` keeps items whole per file),
+    ``MaxPayloadInMB`` at least the largest file (botocore: ">= the size of a single record", at most 100),
+    output assembled by line into ``<input file>.out`` under ``S3OutputPath``.
     """
     uris = s3_uris(settings, names)
     return {
         "TransformJobName": names.transform,
         "ModelName": names.model,
+        "MaxPayloadInMB": payload_mb(settings.transform_max_file_mb),
         "TransformInput": {
-            "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": uris["input_file"]}},
+            "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": uris["transform_input"]}},
             "ContentType": "text/csv",
             "SplitType": "None",
         },

@@ -128,3 +128,134 @@ def check(metadata: Any, env: str, json_path: Path | None) -> None:
     click.echo(format_inventory(inventory))
     if json_path is not None:
         json_path.write_text(json.dumps(inventory.to_dict(), indent=2) + "\n")
+
+
+# Container image and IAM role -------------------------------------------------------------------------------
+def _project_root(metadata: Any) -> Path:
+    return Path(getattr(metadata, "project_path", None) or Path.cwd())
+
+
+def _aws_clients(region: str, *names: str) -> dict[str, Any]:
+    import boto3  # noqa: PLC0415 - boto3 only when a command runs
+
+    session = boto3.session.Session(region_name=region)
+    return {name: session.client(name) for name in names}
+
+
+@cloud.group()
+def image() -> None:
+    """The jobs' container image: Python 3.11 + the pinned dependencies (Dockerfile), in ECR."""
+
+
+_REPOSITORY = click.option("--repository", default="capacity-forecaster", show_default=True, help="ECR repo.")
+_TAG = click.option("--tag", default=None, help="Image tag (default: deps-<hash of the build context>).")
+
+
+@image.command(name="build")
+@click.option("--codebuild", is_flag=True, help="Build and push on AWS CodeBuild (no local Docker needed).")
+@click.option(
+    "--service-role-arn",
+    envvar="CF_CODEBUILD_ROLE_ARN",
+    default=None,
+    help="CodeBuild's service role for --codebuild (env CF_CODEBUILD_ROLE_ARN; made by "
+    "`kedro cloud setup-role --codebuild`).",
+)
+@click.option("--poll-seconds", default=15.0, show_default=True, help="--codebuild: wait between checks.")
+@click.option("--builder", default=None, help="Container CLI (default: first of docker, podman, finch).")
+@_REPOSITORY
+@_TAG
+@_ENV
+@click.pass_obj
+def image_build(  # noqa: PLR0917 (click passes options by name)
+    metadata: Any,
+    codebuild: bool,
+    service_role_arn: str | None,
+    poll_seconds: float,
+    builder: str | None,
+    repository: str,
+    tag: str | None,
+    env: str,
+) -> None:
+    """Build the image for linux/amd64 (locally, or with --codebuild on AWS, which also pushes it)."""
+    from .image import ImageError, build_local, build_remote, find_builder  # noqa: PLC0415
+
+    root = _project_root(metadata)
+    try:
+        if not codebuild:
+            name = build_local(find_builder(builder), root, repository, tag)
+            click.echo(f"built {name}; next: kedro cloud image push")
+            return
+        if not service_role_arn:
+            raise click.UsageError("--codebuild needs --service-role-arn (or CF_CODEBUILD_ROLE_ARN)")
+        settings, _ = load_cloud_config(root / "conf", env)
+        clients = _aws_clients(settings.region, "s3", "ecr", "codebuild")
+        uri = build_remote(
+            clients, settings, root, service_role_arn, repository=repository, tag=tag, poll_s=poll_seconds
+        )
+    except ImageError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"pushed {uri}\nexport CF_SAGEMAKER_IMAGE_URI={uri}")
+
+
+@image.command(name="push")
+@click.option("--builder", default=None, help="Container CLI (default: first of docker, podman, finch).")
+@_REPOSITORY
+@_TAG
+@_ENV
+@click.pass_obj
+def image_push(  # noqa: PLR0917
+    metadata: Any, builder: str | None, repository: str, tag: str | None, env: str
+) -> None:
+    """Push the built image to ECR (the repository is created if missing) and print its URI."""
+    from .image import ImageError, find_builder, push  # noqa: PLC0415
+
+    root = _project_root(metadata)
+    settings, _ = load_cloud_config(root / "conf", env)
+    try:
+        uri = push(_aws_clients(settings.region, "ecr")["ecr"], find_builder(builder), root, repository, tag)
+    except ImageError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"pushed {uri}\nexport CF_SAGEMAKER_IMAGE_URI={uri}")
+
+
+@cloud.command(name="setup-role")
+@click.option("--role-name", default="capacity-forecaster-jobs", show_default=True, help="The jobs' role.")
+@click.option("--canvas", is_flag=True, help="Also allow the canvas pipeline's Autopilot calls.")
+@click.option(
+    "--codebuild", is_flag=True, help="Set up the CodeBuild role of `image build --codebuild` instead."
+)
+@click.option("--check", is_flag=True, help="Change nothing; report what differs (exit 1 if anything does).")
+@_ENV
+@click.pass_obj
+def setup_role(  # noqa: PLR0917
+    metadata: Any, role_name: str, canvas: bool, codebuild: bool, check: bool, env: str
+) -> None:
+    """Create (or check) the IAM role of the jobs from docs/iam/job-role-*.json (and canvas-policy.json)."""
+    from .iam import (  # noqa: PLC0415
+        BUILD_ROLE,
+        BUILD_ROLE_NAME,
+        CANVAS_POLICY,
+        JOB_ROLE,
+        POLICY_DIR,
+        account_id,
+        ensure_role,
+        placeholder_values,
+        role_documents,
+    )
+
+    root = _project_root(metadata)
+    settings, _ = load_cloud_config(root / "conf", env)
+    clients = _aws_clients(settings.region, "iam", "sts")
+    values = placeholder_values(settings, account_id(clients["sts"]), role_name)
+    template, name = (BUILD_ROLE, BUILD_ROLE_NAME) if codebuild else (JOB_ROLE, role_name)
+    trust, policies = role_documents(template, root / POLICY_DIR, values, CANVAS_POLICY if canvas else None)
+    arn, changes = ensure_role(
+        clients["iam"], name, trust, policies, description=template.description, check_only=check
+    )
+    for change in changes:
+        click.echo(("would " if check else "") + change)
+    if check and changes:
+        raise click.ClickException(f"role {name} differs from docs/iam ({len(changes)} change(s) needed)")
+    click.echo(f"role {name} matches docs/iam" if not changes else f"role {name} is set up")
+    variable = "CF_CODEBUILD_ROLE_ARN" if codebuild else "CF_SAGEMAKER_ROLE_ARN"
+    click.echo(f"export {variable}={arn}")

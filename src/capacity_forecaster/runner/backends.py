@@ -79,8 +79,8 @@ class SageMakerBackend:
             "Submitted SageMaker job %s (%s, %s x%d): %s",
             job.name,
             ", ".join(job.nodes),
-            s.instance_type,
-            s.instance_count,
+            job.resources.instance_type,
+            job.resources.instance_count,
             arn,
         )
 
@@ -92,12 +92,13 @@ class SageMakerBackend:
             poll_s=s.poll_interval_s,
             backoff=s.poll_backoff,
             max_poll_s=s.poll_max_interval_s,
-            timeout_s=s.effective_wait_timeout_s,
+            timeout_s=s.wait_timeout_for(job.resources),
             log_tail_lines=s.log_tail_lines,
             on_status=on_status,
         )
         seconds = job_seconds(desc, time.monotonic() - started)
-        return JobResult(job.name, arn, desc["ProcessingJobStatus"], seconds, s.estimate_cost(seconds))
+        cost = s.estimate_cost(seconds, job.resources)
+        return JobResult(job.name, arn, desc["ProcessingJobStatus"], seconds, cost)
 
     def stop(self, job: JobSpec) -> None:
         with self._lock:
@@ -116,7 +117,7 @@ class LocalBackend:
 
     Args:
         store: S3 transfers (the same bucket SageMaker would read).
-        settings: For ``max_runtime_s`` (the local run is stopped like SageMaker would stop it).
+        settings: Log tail length; each job is stopped at its own ``resources.max_runtime_s``, as SageMaker would.
         work_dir: Parent of the per-job temp folders (default: the system temp dir).
         keep_failed: Keep a failed job's folder (its ``job.log``) for inspection.
     """
@@ -163,12 +164,12 @@ class LocalBackend:
                 )
                 self._procs[job.name] = proc
             try:
-                returncode = proc.wait(timeout=self._settings.max_runtime_s)
+                returncode = proc.wait(timeout=job.resources.max_runtime_s)
                 status, reason = "Completed", ""
             except subprocess.TimeoutExpired:
                 self._terminate(proc)
                 returncode, status = proc.returncode, "Stopped"
-                reason = f"MaxRuntimeExceeded: job ran longer than {self._settings.max_runtime_s} s"
+                reason = f"MaxRuntimeExceeded: job ran longer than {job.resources.max_runtime_s} s"
             finally:
                 with self._lock:
                     self._procs.pop(job.name, None)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -14,20 +15,51 @@ from typing import Any
 from kedro.config import MissingConfigException, OmegaConfigLoader
 
 from capacity_forecaster import settings as project_settings
-from capacity_forecaster.runner.constants import (
-    PRICE_PER_HOUR_USD,
-    SKLEARN_IMAGE_ACCOUNTS,
-    SKLEARN_IMAGE_REPOSITORY,
-    SKLEARN_IMAGE_TAG,
-)
+from capacity_forecaster.runner.constants import PRICE_PER_HOUR_USD
 
 GROUPINGS = ("namespace", "per_node")
 BACKENDS = ("sagemaker", "local")
 _ROLE_ARN = re.compile(r"^arn:aws[a-z\-]*:iam::\d{12}:role/.+$")
+RESOURCE_KEYS = ("instance_type", "instance_count", "volume_size_gb", "max_runtime_s")
+IMAGE_COMMANDS = "kedro cloud image build && kedro cloud image push"
+NO_IMAGE = "<no image: run `kedro cloud image push` and set CF_SAGEMAKER_IMAGE_URI>"
+"""``ImageUri`` shown by a dry run when no image is configured (a real submission is refused instead)."""
+NO_ROLE = "<no role: run `kedro cloud setup-role` and set CF_SAGEMAKER_ROLE_ARN>"
+SHARDED_GROUPS: frozenset[str] = frozenset()
+"""Job groups whose instances each process their own share of the data. None yet: every instance of a
+multi-instance job would run the same nodes on ``FullyReplicated`` inputs and overwrite the same keys."""
 
 
 class ConfigError(ValueError):
     """Raised when ``sagemaker.yml`` (or a runner override) is missing a value or has a wrong one."""
+
+
+@dataclass(frozen=True)
+class JobResources:
+    """Compute of one Processing job: ``ClusterConfig`` and ``StoppingCondition``."""
+
+    instance_type: str
+    instance_count: int
+    volume_size_gb: int
+    max_runtime_s: int
+
+    def problems(self, where: str) -> list[str]:
+        """What breaks SageMaker's limits or the project's rules (empty when nothing does)."""
+        found = []
+        for name in ("instance_count", "volume_size_gb", "max_runtime_s"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                found.append(f"{where}{name} must be a positive integer, got {value!r}")
+        if isinstance(self.max_runtime_s, int) and not 1 <= self.max_runtime_s <= 432000:
+            found.append(f"{where}max_runtime_s must be between 1 and 432000 (SageMaker's limit)")
+        if not re.match(r"^ml\.[a-z0-9]+\.[a-z0-9]+$", str(self.instance_type)):
+            found.append(
+                f"{where}instance_type must look like ml.<family>.<size>, got {self.instance_type!r}"
+            )
+        return found
+
+    def with_runtime(self, seconds: int) -> JobResources:
+        return dataclasses.replace(self, max_runtime_s=int(seconds))
 
 
 @dataclass(frozen=True)
@@ -39,11 +71,16 @@ class SageMakerSettings:
             when jobs are really submitted (not for ``dry_run`` or the ``local`` backend).
         s3_prefix: ``s3://bucket/prefix`` under which each run keeps ``runs/<run_id>/`` (code, job reports).
         region: AWS region of the jobs, the image and the bucket.
-        image_uri: Container image; empty means SageMaker's scikit-learn image for ``region``.
-        instance_type: Processing instance type.
-        instance_count: Instances per job.
+        image_uri: Container image built from the project's Dockerfile (``kedro cloud image build|push``);
+            required to submit jobs (not for ``dry_run`` or the ``local`` backend).
+        instance_type: Processing instance type of every job without an entry in ``resources``.
+        instance_count: Instances per job (1: more is refused until a group is sharded).
         volume_size_gb: EBS volume per instance.
         max_runtime_s: ``StoppingCondition.MaxRuntimeInSeconds`` of every job.
+        resources: Per job group or node tag, any of ``instance_type``, ``instance_count``,
+            ``volume_size_gb``, ``max_runtime_s`` over the values above (a group name wins over a tag).
+        quota_retry_wait_s: Wait before resubmitting a job refused with ResourceLimitExceeded (quota).
+        quota_max_wait_s: Give up resubmitting after this long.
         tags: Extra tags for every job (``project`` and ``run_id`` are always added).
         max_concurrent_jobs: Independent job groups running at the same time.
         poll_interval_s: First wait between two status checks; grows by ``poll_backoff`` up to
@@ -66,6 +103,9 @@ class SageMakerSettings:
     instance_count: int = 1
     volume_size_gb: int = 30
     max_runtime_s: int = 600
+    resources: dict[str, dict[str, Any]] = field(default_factory=dict)
+    quota_retry_wait_s: float = 300.0
+    quota_max_wait_s: float = 3600.0
     tags: dict[str, str] = field(default_factory=dict)
     max_concurrent_jobs: int = 4
     poll_interval_s: float = 15.0
@@ -90,11 +130,13 @@ class SageMakerSettings:
             problems.append(
                 f"s3_prefix must be s3://<bucket>[/<prefix>] (is CF_BUCKET set?), got {self.s3_prefix!r}"
             )
-        for name in ("instance_count", "volume_size_gb", "max_runtime_s", "max_concurrent_jobs"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                problems.append(f"{name} must be a positive integer, got {getattr(self, name)!r}")
-        if not 1 <= self.max_runtime_s <= 432000:
-            problems.append("max_runtime_s must be between 1 and 432000 (SageMaker's limit)")
+        if not isinstance(self.max_concurrent_jobs, int) or self.max_concurrent_jobs < 1:
+            problems.append(
+                f"max_concurrent_jobs must be a positive integer, got {self.max_concurrent_jobs!r}"
+            )
+        problems += self._resource_problems()
+        if self.quota_retry_wait_s < 0 or self.quota_max_wait_s < 0:
+            problems.append("quota_retry_wait_s and quota_max_wait_s must be >= 0")
         if (
             self.poll_interval_s < 0
             or self.poll_max_interval_s < self.poll_interval_s
@@ -105,38 +147,71 @@ class SageMakerSettings:
             problems.append(f"grouping must be one of {GROUPINGS}, got {self.grouping!r}")
         if self.backend not in BACKENDS:
             problems.append(f"backend must be one of {BACKENDS}, got {self.backend!r}")
-        if not self.image_uri and self.region not in SKLEARN_IMAGE_ACCOUNTS:
-            problems.append(f"no default image for region {self.region!r}: set image_uri")
+        if self.backend == "sagemaker" and not self.dry_run and not self.image_uri:
+            problems.append(
+                "no container image configured: build and push the project's image with "
+                f"`{IMAGE_COMMANDS}`, then export CF_SAGEMAKER_IMAGE_URI=<the URI it prints> "
+                "(or check the run first with --runner-params dry_run=true or backend=local)"
+            )
         if not isinstance(self.tags, dict) or not all(isinstance(v, str) for v in self.tags.values()):
             problems.append("tags must be a mapping of strings")
         if problems:
             raise ConfigError("Invalid SageMaker runner settings:\n  - " + "\n  - ".join(problems))
 
+    def _resource_problems(self) -> list[str]:
+        problems = self.default_resources.problems("")
+        for key, values in (self.resources or {}).items():
+            unknown = sorted(set(values or {}) - set(RESOURCE_KEYS))
+            if unknown:
+                problems.append(f"resources.{key}: unknown key(s) {unknown}; known: {list(RESOURCE_KEYS)}")
+            else:
+                problems += self.resources_for(key, ()).problems(f"resources.{key}.")
+        return problems
+
     @property
     def image(self) -> str:
-        """The configured image, or SageMaker's scikit-learn processing image for the region."""
-        if self.image_uri:
-            return self.image_uri
-        account = SKLEARN_IMAGE_ACCOUNTS[self.region]
-        return f"{account}.dkr.ecr.{self.region}.amazonaws.com/{SKLEARN_IMAGE_REPOSITORY}:{SKLEARN_IMAGE_TAG}"
+        """The configured image (a placeholder in a dry run without one)."""
+        return self.image_uri or NO_IMAGE
 
     @property
-    def price_per_hour(self) -> float | None:
+    def default_resources(self) -> JobResources:
+        return JobResources(self.instance_type, self.instance_count, self.volume_size_gb, self.max_runtime_s)
+
+    def resources_for(self, group: str, tags: Iterable[str]) -> JobResources:
+        """Resources of a job group: the defaults, then each matching tag's entry, then the group's entry.
+
+        Tags apply in the order of ``resources`` in ``sagemaker.yml``.
+        """
+        values = dataclasses.asdict(self.default_resources)
+        tags = set(tags)
+        for key, entry in (self.resources or {}).items():
+            if key in tags:
+                values.update(entry or {})
+        values.update((self.resources or {}).get(group) or {})
+        return JobResources(**values)
+
+    def price_per_hour(self, instance_type: str | None = None) -> float | None:
         """USD per instance-hour from the price table, ``None`` for an unknown type."""
-        return PRICE_PER_HOUR_USD.get(self.instance_type)
+        return PRICE_PER_HOUR_USD.get(instance_type or self.instance_type)
 
     @property
-    def effective_wait_timeout_s(self) -> float:
-        return self.wait_timeout_s or self.max_runtime_s + 600.0
+    def role(self) -> str:
+        """The configured role (a placeholder in a dry run without one)."""
+        return self.role_arn or NO_ROLE
+
+    def wait_timeout_for(self, resources: JobResources) -> float:
+        """How long to wait for a job: ``wait_timeout_s``, or its ``max_runtime_s`` + 600 s when that is 0."""
+        return self.wait_timeout_s or resources.max_runtime_s + 600.0
 
     def run_uri(self, run_id: str) -> str:
         """``s3://.../runs/<run_id>`` (no trailing slash)."""
         return f"{self.s3_prefix.rstrip('/')}/runs/{run_id}"
 
-    def estimate_cost(self, seconds: float) -> float | None:
-        """Estimated USD for ``seconds`` of one job (all its instances)."""
-        price = self.price_per_hour
-        return None if price is None else price * self.instance_count * max(seconds, 0.0) / 3600.0
+    def estimate_cost(self, seconds: float, resources: JobResources | None = None) -> float | None:
+        """Estimated USD for ``seconds`` of one job (all its instances; default resources unless given)."""
+        resources = resources or self.default_resources
+        price = self.price_per_hour(resources.instance_type)
+        return None if price is None else price * resources.instance_count * max(seconds, 0.0) / 3600.0
 
     @classmethod
     def from_mapping(
@@ -167,6 +242,8 @@ class SageMakerSettings:
 
 def _convert(name: str, value: Any, type_name: Any) -> Any:  # noqa: PLR0911
     """Coerces YAML/CLI values (``"600"`` -> 600) so that a typo fails here rather than at submit time."""
+    if name == "resources":
+        return {str(k): _convert_resources(str(k), v) for k, v in dict(value or {}).items()}
     try:
         if type_name == "int" and not isinstance(value, bool):
             return int(value)
@@ -185,6 +262,13 @@ def _convert(name: str, value: Any, type_name: Any) -> Any:  # noqa: PLR0911
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"SageMaker runner setting {name}={value!r} is not a valid {type_name}") from exc
     return value
+
+
+def _convert_resources(key: str, entry: Any) -> dict[str, Any]:
+    if not isinstance(entry, Mapping):
+        raise ConfigError(f"resources.{key} must be a mapping of {list(RESOURCE_KEYS)}, got {entry!r}")
+    types = {"instance_type": "str", "instance_count": "int", "volume_size_gb": "int", "max_runtime_s": "int"}
+    return {k: _convert(f"resources.{key}.{k}", v, types[k]) if k in types else v for k, v in entry.items()}
 
 
 def load_settings(

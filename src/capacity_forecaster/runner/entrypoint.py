@@ -90,6 +90,32 @@ def _kedro_command(args: argparse.Namespace) -> list[str]:
     return command
 
 
+def _run_forwarding_sigterm(command: list[str], env: dict[str, str]) -> int:
+    """Runs Kedro as a child and passes SIGTERM on to it.
+
+    SageMaker stops a job by sending SIGTERM to the container's entrypoint (this process); without the
+    forwarding Kedro would never hear of it, and a canvas node could not stop the AutoML job it started.
+    """
+    children: list[subprocess.Popen] = []
+    early: list[int] = []  # signals that came before the child existed
+
+    def forward(signum: int, frame: object) -> None:
+        _say(f"received signal {signum}: passing it on to kedro")
+        if children:
+            children[0].send_signal(signum)
+        else:
+            early.append(signum)
+
+    previous = signal.signal(signal.SIGTERM, forward)
+    try:
+        children.append(subprocess.Popen(command, env=env))
+        for signum in early:
+            children[0].send_signal(signum)
+        return children[0].wait()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     split = argv.index("--") if "--" in argv else len(argv)
@@ -157,14 +183,7 @@ def main(argv: list[str] | None = None) -> int:
 
     command = _kedro_command(args)
     _say("running " + " ".join(command))
-    kedro_run = subprocess.Popen(command, env=env)
-
-    def forward(signum: int, frame: object) -> None:  # SageMaker stops a job with SIGTERM to this process
-        _say("SIGTERM: passed on to kedro, which aborts any upload in progress")
-        kedro_run.send_signal(signum)
-
-    signal.signal(signal.SIGTERM, forward)
-    returncode = kedro_run.wait()
+    returncode = _run_forwarding_sigterm(command, env)
     report.update(command=command, returncode=returncode, duration_s=round(time.time() - start, 3))
     if opts.report:
         opts.report.parent.mkdir(parents=True, exist_ok=True)

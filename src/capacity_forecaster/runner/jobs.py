@@ -6,6 +6,7 @@ project is namespaced by its own name, so ``risk_analysis`` is one job), or one 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 from collections.abc import Callable, Iterable, Mapping
@@ -14,6 +15,7 @@ from typing import Any
 
 from kedro.pipeline import Pipeline
 
+from capacity_forecaster.runner.config import SHARDED_GROUPS, JobResources
 from capacity_forecaster.runner.constants import (
     CODE_DIR,
     CONTAINER_ARG_MAX_LEN,
@@ -54,6 +56,7 @@ class JobGroup:
     name: str
     nodes: tuple[str, ...]
     depends_on: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -87,20 +90,7 @@ class JobSpec:
     inputs: tuple[JobInput, ...]
     outputs: tuple[JobOutput, ...]
     tags: dict[str, str] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-friendly view (used by ``dry_run``)."""
-        return {
-            "name": self.name,
-            "group": self.group,
-            "nodes": list(self.nodes),
-            "depends_on": list(self.depends_on),
-            "command": list(self.command),
-            "environment": dict(self.environment),
-            "inputs": [vars(i) for i in self.inputs],
-            "outputs": [vars(o) for o in self.outputs],
-            "tags": dict(self.tags),
-        }
+    resources: JobResources = JobResources("ml.t3.medium", 1, 30, 600)
 
 
 @dataclass(frozen=True)
@@ -171,10 +161,15 @@ def group_pipeline(pipeline: Pipeline, grouping: str = "namespace") -> list[JobG
             JobGroup(g.name, tuple(g.nodes), tuple(sorted(set(g.dependencies))))
             for g in pipeline.group_nodes_by("none")
         ]
-        return topological_order(groups)
-    if grouping != "namespace":
+    elif grouping == "namespace":
+        groups = _namespace_stages(pipeline)
+    else:
         raise GroupingError(f"Unknown grouping {grouping!r}; use 'namespace' or 'per_node'")
-    return topological_order(_namespace_stages(pipeline))
+    node_tags = {n.name: n.tags for n in pipeline.nodes}
+    return topological_order(
+        dataclasses.replace(g, tags=tuple(sorted(set().union(*(node_tags[n] for n in g.nodes)))))
+        for g in groups
+    )
 
 
 def _namespace_stages(pipeline: Pipeline) -> list[JobGroup]:
@@ -320,6 +315,7 @@ def build_job_specs(
     runtime_params: Mapping[str, Any] | None = None,
     environment: Mapping[str, str] | None = None,
     tags: Mapping[str, str] | None = None,
+    resources: Mapping[str, JobResources] | None = None,
 ) -> list[JobSpec]:
     """One ``JobSpec`` per group, in the groups' order.
 
@@ -332,9 +328,12 @@ def build_job_specs(
         runtime_params: The run's ``--params``, forwarded to every job.
         environment: Extra environment (e.g. ``CF_BUCKET``), forwarded to every job.
         tags: Extra tags.
+        resources: Instance type, count, volume and runtime per group name
+            (``SageMakerSettings.resources_for``); a group without an entry gets ``JobSpec``'s default.
 
     Raises:
-        JobSpecError: If an argument, environment value or tag breaks a SageMaker limit.
+        JobSpecError: If an argument, environment value or tag breaks a SageMaker limit, or a group that is
+            not sharded asks for more than one instance.
     """
     names = job_names(run_id, [g.name for g in groups])
     params = {"run_id": run_id, **(runtime_params or {})}  # a run_id given by the user is forwarded as given
@@ -383,6 +382,7 @@ def build_job_specs(
             inputs=(JobInput("code", f"{bundle.s3_uri.rstrip('/')}/", CODE_DIR),),
             outputs=(JobOutput("meta", META_DIR, f"{run_uri}/jobs/"),),
             tags=job_tags,
+            **({"resources": resources[group.name]} if resources and group.name in resources else {}),
         )
         validate_spec(spec)
         specs.append(spec)
@@ -415,5 +415,13 @@ def validate_spec(spec: JobSpec) -> None:
     for key, value in spec.tags.items():
         if len(value) > TAG_VALUE_MAX_LEN:
             raise JobSpecError(f"Job {spec.name}: tag {key} longer than {TAG_VALUE_MAX_LEN} chars")
+    if spec.resources.instance_count > 1 and spec.group not in SHARDED_GROUPS:
+        raise JobSpecError(
+            f"Job group {spec.group!r} asks for instance_count={spec.resources.instance_count}, but it is "
+            "not sharded: every instance would run the same nodes on the same (FullyReplicated) inputs and "
+            "overwrite the same S3 keys, at N times the cost. Set instance_count: 1 in "
+            "conf/cloud/sagemaker.yml (use a bigger instance_type instead); splitting modelling across "
+            "instances will come with the `modelling.shards` parameter."
+        )
     if not spec.inputs[0].local_path.startswith(CONTAINER_ROOT):
         raise JobSpecError(f"Job {spec.name}: inputs must live under {CONTAINER_ROOT}")

@@ -17,7 +17,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from capacity_forecaster.runner.config import SageMakerSettings
-from capacity_forecaster.runner.constants import LOG_GROUP, TERMINAL_STATUSES, THROTTLING_CODES
+from capacity_forecaster.runner.constants import LOG_GROUP, QUOTA_CODE, TERMINAL_STATUSES, THROTTLING_CODES
 from capacity_forecaster.runner.jobs import JobSpec
 
 log = logging.getLogger(__name__)
@@ -127,20 +127,35 @@ def create_request(spec: JobSpec, settings: SageMakerSettings) -> dict[str, Any]
         },
         "ProcessingResources": {
             "ClusterConfig": {
-                "InstanceCount": settings.instance_count,
-                "InstanceType": settings.instance_type,
-                "VolumeSizeInGB": settings.volume_size_gb,
+                "InstanceCount": spec.resources.instance_count,
+                "InstanceType": spec.resources.instance_type,
+                "VolumeSizeInGB": spec.resources.volume_size_gb,
             }
         },
-        "StoppingCondition": {"MaxRuntimeInSeconds": settings.max_runtime_s},
+        "StoppingCondition": {"MaxRuntimeInSeconds": spec.resources.max_runtime_s},
         "AppSpecification": {
             "ImageUri": settings.image,
             "ContainerEntrypoint": list(spec.command[:2]),
             "ContainerArguments": list(spec.command[2:]),
         },
         "Environment": dict(spec.environment),
-        "RoleArn": settings.role_arn,
+        "RoleArn": settings.role,
         "Tags": [{"Key": k, "Value": v} for k, v in spec.tags.items()],
+    }
+
+
+def console_links(region: str, job_name: str) -> dict[str, str]:
+    """The job's page in the SageMaker console and its log streams in the CloudWatch console.
+
+    Processing jobs log to ``/aws/sagemaker/ProcessingJobs`` in streams ``<job name>/algo-<n>-<epoch>``; the
+    stream names are known only once the job starts, so the link filters the group's streams by the job name.
+    """
+    group = LOG_GROUP.replace("/", "$252F")
+    return {
+        "console": f"https://{region}.console.aws.amazon.com/sagemaker/home?region={region}"
+        f"#/processing-jobs/{job_name}",
+        "logs": f"https://{region}.console.aws.amazon.com/cloudwatch/home?region={region}"
+        f"#logsV2:log-groups/log-group/{group}$3FlogStreamNameFilter$3D{job_name}",
     }
 
 
@@ -161,6 +176,8 @@ class SageMakerClient:
         sleep: Injected for tests.
         clock: Injected for tests (monotonic seconds).
         max_throttle_retries: Throttled describe/stop calls retried this many times (with backoff).
+        quota_retry_wait_s: Wait before resubmitting a job refused with ResourceLimitExceeded.
+        quota_max_wait_s: Stop resubmitting (and raise) once this much time has been spent waiting.
     """
 
     def __init__(
@@ -171,10 +188,13 @@ class SageMakerClient:
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
         max_throttle_retries: int = 8,
+        quota_retry_wait_s: float = 300.0,
+        quota_max_wait_s: float = 3600.0,
     ):
         self._sm, self._logs = sagemaker, logs
         self._sleep, self._clock = sleep, clock
         self._max_throttle_retries = max_throttle_retries
+        self._quota_wait, self._quota_max = quota_retry_wait_s, quota_max_wait_s
 
     def _call(self, method: str, **kwargs: Any) -> dict[str, Any]:
         delay = 1.0
@@ -191,8 +211,50 @@ class SageMakerClient:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def submit(self, spec: JobSpec, settings: SageMakerSettings) -> str:
-        """Creates the job; returns its ARN."""
-        return self._call("create_processing_job", **create_request(spec, settings))["ProcessingJobArn"]
+        """Creates the job and logs its console and log links; returns its ARN.
+
+        A request refused with ResourceLimitExceeded (an account quota: instances of that type, or jobs
+        running at once) is resubmitted every ``quota_retry_wait_s`` until ``quota_max_wait_s`` has passed.
+
+        Raises:
+            JobFailedError: Still over the quota after ``quota_max_wait_s`` (with SageMaker's message).
+        """
+        request = create_request(spec, settings)
+        waited = 0.0
+        while True:
+            try:
+                arn = self._call("create_processing_job", **request)["ProcessingJobArn"]
+                break
+            except ClientError as exc:
+                error = exc.response.get("Error", {})
+                if error.get("Code") != QUOTA_CODE:
+                    raise
+                resources = spec.resources
+                if waited + self._quota_wait > self._quota_max:
+                    raise JobFailedError(
+                        spec.name,
+                        "NotSubmitted",
+                        f"{QUOTA_CODE} after waiting {waited:.0f} s: {error.get('Message', '')}. Ask for a "
+                        f"higher 'Processing' quota of {resources.instance_type} (Service Quotas console, "
+                        "service SageMaker), lower max_concurrent_jobs, or use another instance_type",
+                    ) from exc
+                log.warning(
+                    "Job %s not accepted yet: account quota reached for %d x %s (%s). Waiting %.0f s before "
+                    "resubmitting (gives up after %.0f s; raise the quota in the Service Quotas console or "
+                    "lower max_concurrent_jobs)",
+                    spec.name,
+                    resources.instance_count,
+                    resources.instance_type,
+                    error.get("Message", ""),
+                    self._quota_wait,
+                    self._quota_max,
+                )
+                self._sleep(self._quota_wait)
+                waited += self._quota_wait
+        links = console_links(settings.region, spec.name)
+        log.info("Job %s: console %s", spec.name, links["console"])
+        log.info("Job %s: logs %s", spec.name, links["logs"])
+        return arn
 
     def describe(self, job_name: str) -> dict[str, Any]:
         return self._call("describe_processing_job", ProcessingJobName=job_name)

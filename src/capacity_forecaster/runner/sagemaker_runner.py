@@ -23,12 +23,14 @@ from kedro.pipeline import Pipeline
 from kedro.runner.runner import AbstractRunner
 
 from capacity_forecaster import settings as project_settings
+from capacity_forecaster.canvas.requests import autopilot_wait_s, planned_requests, settings_from_params
 from capacity_forecaster.runner.backends import Backend, JobResult, LocalBackend, SageMakerBackend
 from capacity_forecaster.runner.bundle import build_bundle, find_project_root, package_name
-from capacity_forecaster.runner.config import SageMakerSettings, load_settings
-from capacity_forecaster.runner.constants import FORWARDED_ENV
+from capacity_forecaster.runner.config import JobResources, SageMakerSettings, load_settings
+from capacity_forecaster.runner.constants import ENV_ROLE_ARN, FORWARDED_ENV
 from capacity_forecaster.runner.jobs import (
     CodeBundle,
+    JobGroup,
     JobSpec,
     build_job_specs,
     check_persisted,
@@ -37,9 +39,11 @@ from capacity_forecaster.runner.jobs import (
     is_parameter,
     sanitize,
 )
-from capacity_forecaster.runner.sagemaker_client import S3Store, SageMakerClient, make_clients
+from capacity_forecaster.runner.sagemaker_client import S3Store, SageMakerClient, create_request, make_clients
 
 log = logging.getLogger(__name__)
+CANVAS_TAG = "canvas"
+"""Node tag of the canvas pipeline: its job waits for Autopilot, so its runtime grows by Autopilot's caps."""
 
 
 class SageMakerRunner(AbstractRunner):
@@ -83,6 +87,7 @@ class SageMakerRunner(AbstractRunner):
         self._backend = job_backend
         self._wheel = Path(wheel) if wheel else None
         self.job_specs: list[JobSpec] = []
+        self._canvas_groups: set[str] = set()
         self.results: list[JobResult] = []
 
     # project paths ------------------------------------------------------------------------------------------
@@ -128,6 +133,10 @@ class SageMakerRunner(AbstractRunner):
         )
         environment = {name: os.environ[name] for name in FORWARDED_ENV if os.environ.get(name)}
         environment.setdefault("AWS_REGION", s.region)
+        if s.role_arn:  # the canvas node hands the jobs' role to Autopilot (params canvas.role_arn reads it)
+            environment[ENV_ROLE_ARN] = s.role_arn
+        canvas = _canvas_params(catalog)
+        self._canvas_groups = {g.name for g in groups if CANVAS_TAG in g.tags}
         self.job_specs = build_job_specs(
             groups,
             run_id=run_id,
@@ -137,6 +146,7 @@ class SageMakerRunner(AbstractRunner):
             runtime_params=self._runtime_params,
             environment=environment,
             tags=s.tags,
+            resources={g.name: self._resources(g, canvas) for g in groups},
         )
         log.info(
             "Run %s: %d node(s) in %d SageMaker job(s) (%s grouping, %s backend) under %s",
@@ -148,9 +158,9 @@ class SageMakerRunner(AbstractRunner):
             run_uri,
         )
         if s.dry_run:
-            for spec in self.job_specs:
-                log.info("dry run, not submitted:\n%s", json.dumps(spec.to_dict(), indent=2))
-            print(json.dumps([spec.to_dict() for spec in self.job_specs], indent=2))  # noqa: T201 (CLI output)
+            requests = self.planned_requests(canvas)
+            log.info("dry run: %d request(s) planned, nothing submitted", len(requests))
+            print(json.dumps(requests, indent=2))  # noqa: T201 (CLI output)
             return
 
         backend = self._backend or self._make_backend()
@@ -158,11 +168,58 @@ class SageMakerRunner(AbstractRunner):
         self._execute(pipeline, catalog, backend)
 
     # steps --------------------------------------------------------------------------------------------------
+    def _resources(self, group: JobGroup, canvas: dict[str, Any] | None) -> JobResources:
+        """The group's resources from ``sagemaker.yml``; a group running canvas with Autopilot on also gets
+        Autopilot's own time caps on top of its runtime, so the job outlives the AutoML and transform jobs."""
+        resources = self.settings.resources_for(group.name, group.tags)
+        if canvas and canvas.get("enabled") and CANVAS_TAG in group.tags:
+            wait = autopilot_wait_s(
+                float(canvas["max_runtime_s"]),
+                float(canvas["wait_grace_s"]),
+                float(canvas["transform_timeout_s"]),
+                float(canvas["poll_max_interval_s"]),
+            )
+            resources = resources.with_runtime(resources.max_runtime_s + wait)
+            log.info(
+                "Job group %s runs canvas with Autopilot: MaxRuntimeInSeconds %d (%d s of Autopilot caps)",
+                group.name,
+                resources.max_runtime_s,
+                wait,
+            )
+        return resources
+
+    def planned_requests(self, canvas: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        """What a run would send: every CreateProcessingJob request in submission order, then the canvas
+        job's Autopilot requests when canvas is enabled (names there carry the current time)."""
+        planned: list[dict[str, Any]] = [
+            {
+                "operation": "CreateProcessingJob",
+                "group": spec.group,
+                "depends_on": list(spec.depends_on),
+                "request": create_request(spec, self.settings),
+            }
+            for spec in self.job_specs
+        ]
+        canvas_groups = [spec.group for spec in self.job_specs if spec.group in self._canvas_groups]
+        if canvas and canvas.get("enabled") and canvas_groups:
+            autopilot = settings_from_params(canvas, canvas["horizon"], canvas["country"], self.settings.role)
+            planned += [
+                {"operation": operation, "group": canvas_groups[0], "request": request}
+                for operation, request in planned_requests(autopilot)
+            ]
+        return planned
+
     def _make_backend(self) -> Backend:
         clients = make_clients(self.settings.region)
         if self.settings.backend == "local":
             return LocalBackend(S3Store(clients["s3"]), self.settings)
-        return SageMakerBackend(SageMakerClient(clients["sagemaker"], clients["logs"]), self.settings)
+        client = SageMakerClient(
+            clients["sagemaker"],
+            clients["logs"],
+            quota_retry_wait_s=self.settings.quota_retry_wait_s,
+            quota_max_wait_s=self.settings.quota_max_wait_s,
+        )
+        return SageMakerBackend(client, self.settings)
 
     def _ship_code(self, bundle: CodeBundle) -> None:
         with tempfile.TemporaryDirectory(prefix="cf-bundle-") as tmp:
@@ -267,6 +324,16 @@ def _describe_cost(result: JobResult) -> str:
     if result.arn.startswith("local:"):
         return "local run, not billed"
     return "cost unknown" if result.cost_usd is None else f"~${result.cost_usd:.4f} estimated"
+
+
+def _canvas_params(catalog: Any) -> dict[str, Any] | None:
+    """``params:canvas`` plus ``horizon`` and the holiday ``country``; ``None`` when the run has no canvas."""
+    registered = set(catalog.keys())  # not `in catalog`: that also matches dataset factory patterns
+    if "params:canvas" not in registered:
+        return None
+    calendar = catalog.load("params:calendar") if "params:calendar" in registered else {}
+    horizon = catalog.load("params:horizon") if "params:horizon" in registered else 0
+    return {**catalog.load("params:canvas"), "horizon": horizon, "country": calendar.get("country", "")}
 
 
 def _in_memory(catalog: Any, name: str) -> bool:

@@ -1,6 +1,10 @@
 """AutopilotClient against moto's server (real HTTP, botocore-validated requests) and botocore's Stubber."""
 
+import dataclasses
+import io
 import logging
+import os
+import signal
 from datetime import UTC, datetime
 
 import boto3
@@ -12,7 +16,12 @@ from botocore.stub import Stubber
 from moto.core import DEFAULT_ACCOUNT_ID
 from moto.sagemaker.models import sagemaker_backends
 
-from capacity_forecaster.canvas.client import AutopilotClient, CanvasUnavailableError, PollSettings
+from capacity_forecaster.canvas.client import (
+    AutopilotClient,
+    CanvasUnavailableError,
+    PollSettings,
+    sigterm_as_interrupt,
+)
 from capacity_forecaster.canvas.requests import (
     AutopilotSettings,
     build_automl_request,
@@ -21,6 +30,7 @@ from capacity_forecaster.canvas.requests import (
     make_job_names,
     s3_uris,
 )
+from capacity_forecaster.canvas.transform_input import add_future_regressors
 from capacity_forecaster.pipelines.canvas import nodes
 
 ROLE = "arn:aws:iam::123456789012:role/SageMakerRole"
@@ -43,6 +53,8 @@ TRAINING = pd.DataFrame(
         "is_holiday": [1, 0, 0],
     }
 )
+REGRESSORS = ["is_end_of_quarter", "is_month_end", "is_holiday"]
+INFERENCE = add_future_regressors(TRAINING, 2, REGRESSORS, "US", 2, 5)
 OUT = (
     "item_id,timestamp,p10,p50,p90,mean\n"
     "s1|cpu_p95,2024-01-04,38,42,47,42.1\ns1|cpu_p95,2024-01-05,37,43,49,43\n"
@@ -81,7 +93,8 @@ def test_requests_are_accepted_by_the_sagemaker_api(clients):
     assert sm.describe_model(ModelName=NAMES.model)["ExecutionRoleArn"] == ROLE
     sm.create_transform_job(**build_transform_request(SETTINGS, NAMES))
     transform = sm.describe_transform_job(TransformJobName=NAMES.transform)
-    assert transform["TransformInput"]["DataSource"]["S3DataSource"]["S3Uri"] == URIS["input_file"]
+    assert transform["TransformInput"]["DataSource"]["S3DataSource"]["S3Uri"] == URIS["transform_input"]
+    assert transform["MaxPayloadInMB"] == 100 and transform["TransformInput"]["SplitType"] == "None"
 
 
 def test_whole_run_on_moto_uploads_trains_predicts_and_cleans_up(clients):
@@ -92,13 +105,15 @@ def test_whole_run_on_moto_uploads_trains_predicts_and_cleans_up(clients):
         sagemaker_backends[DEFAULT_ACCOUNT_ID]["us-east-1"].auto_ml_jobs[
             NAMES.automl
         ].auto_ml_job_status = "Completed"
-        s3.put_object(
-            Bucket=BUCKET, Key=URIS["transform_result"].removeprefix(f"s3://{BUCKET}/"), Body=OUT.encode()
-        )
+
+    # moto reports the transform Completed at once but writes nothing: write its outputs when it is created
+    sm.meta.events.register(
+        "after-call.sagemaker.CreateTransformJob", lambda **kwargs: fake_transform(s3, lambda text: OUT)
+    )
 
     s3.put_object(Bucket=BUCKET, Key="canvas/autopilot/" + NAMES.automl + "/output/report.json", Body=b"{}")
     forecasts, record = AutopilotClient(sm, s3, sleep=sagemaker_works).forecast(
-        TRAINING, SETTINGS, FAST, FAST, now=NOW
+        TRAINING, INFERENCE, SETTINGS, FAST, FAST, now=NOW
     )
 
     assert forecasts[["p10", "p50", "p90"]].to_numpy().tolist() == [[38, 42, 47], [37, 43, 49]]
@@ -109,6 +124,18 @@ def test_whole_run_on_moto_uploads_trains_predicts_and_cleans_up(clients):
         sm.describe_model(ModelName=NAMES.model)
     assert _keys(s3) == [f"canvas/autopilot/{NAMES.automl}/output/report.json"]  # input and transform deleted
     assert record["estimated_cost_usd"] >= 0 and record["wall_seconds"] >= 0
+
+
+def fake_transform(s3, predict) -> None:
+    """Plays SageMaker batch transform: writes ``<file>.out`` (``predict(input text)``) for every input file,
+    in the documented layout (under the output prefix, named after the input file)."""
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix="canvas/autopilot/"):
+        for listed in page.get("Contents", []):
+            key = listed["Key"]
+            if "/transform-input/" in key:
+                text = s3.get_object(Bucket=BUCKET, Key=key)["Body"].read().decode()
+                out = key.replace("/transform-input/", "/transform/") + ".out"
+                s3.put_object(Bucket=BUCKET, Key=out, Body=predict(text).encode())
 
 
 def _described(status: str, secondary: str, **extra) -> dict:
@@ -164,10 +191,12 @@ def _transform(status: str, **extra) -> dict:
 
 def test_state_machine_in_progress_to_parsed_forecasts(clients, caplog):
     sm, s3 = clients
-    s3.put_object(
-        Bucket=BUCKET, Key=URIS["transform_result"].removeprefix(f"s3://{BUCKET}/"), Body=OUT.encode()
-    )
     waits: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        fake_transform(s3, lambda text: OUT)
+
     job = {"AutoMLJobName": NAMES.automl}
     with Stubber(sm) as stub:
         stub.add_response(
@@ -200,8 +229,8 @@ def test_state_machine_in_progress_to_parsed_forecasts(clients, caplog):
         )
         stub.add_response("delete_model", {}, {"ModelName": NAMES.model})
         with caplog.at_level(logging.INFO, logger="capacity_forecaster.canvas.client"):
-            forecasts, record = AutopilotClient(sm, s3, sleep=waits.append).forecast(
-                TRAINING, SETTINGS, FAST, FAST, now=NOW
+            forecasts, record = AutopilotClient(sm, s3, sleep=sleep).forecast(
+                TRAINING, INFERENCE, SETTINGS, FAST, FAST, now=NOW
             )
         stub.assert_no_pending_responses()
     assert waits == [1.0, 1.0, 2.0, 3.0, 1.0]  # reset on a status change, backoff x2 up to 3 s
@@ -225,7 +254,9 @@ def test_failed_job_raises_with_its_reason_and_cleans_up(clients):
             job,
         )
         with pytest.raises(CanvasUnavailableError, match="job_failed: .*not enough data points") as failure:
-            AutopilotClient(sm, s3, sleep=lambda s: None).forecast(TRAINING, SETTINGS, FAST, FAST, now=NOW)
+            AutopilotClient(sm, s3, sleep=lambda s: None).forecast(
+                TRAINING, INFERENCE, SETTINGS, FAST, FAST, now=NOW
+            )
         stub.assert_no_pending_responses()  # no model was created, so none is deleted
     assert failure.value.record["automl_job"] == NAMES.automl
     assert _keys(s3) == []  # the uploaded training copy was deleted
@@ -254,7 +285,9 @@ def test_access_denied_is_classified(clients):
             http_status_code=400,
         )
         with pytest.raises(CanvasUnavailableError, match="access_denied"):
-            AutopilotClient(sm, s3, sleep=lambda s: None).forecast(TRAINING, SETTINGS, FAST, FAST, now=NOW)
+            AutopilotClient(sm, s3, sleep=lambda s: None).forecast(
+                TRAINING, INFERENCE, SETTINGS, FAST, FAST, now=NOW
+            )
 
 
 def test_unknown_region_is_unsupported(aws):
@@ -276,6 +309,10 @@ NODE_ARGS = dict(
     max_runtime_per_training_job_s=900,
     max_candidates=2,
     transform_instance_type="ml.m5.2xlarge",
+    transform_max_file_mb=100,
+    regressors=REGRESSORS,
+    month_end_business_days=2,
+    quarter_end_business_days=5,
     poll_interval_s=0.0,
     poll_backoff=1.5,
     poll_max_interval_s=0.0,
@@ -304,13 +341,13 @@ def test_node_falls_back_without_calling_a_job(aws, overrides, reason):
     )
 
 
-def _stubbed_factory(monkeypatch, clients, script):
+def _stubbed_factory(monkeypatch, clients, script, sleep=lambda s: None):
     sm, s3 = clients
     stub = Stubber(sm)
     script(stub)
     stub.activate()
     monkeypatch.setattr(
-        nodes.AutopilotClient, "create", classmethod(lambda cls, region="": cls(sm, s3, sleep=lambda s: None))
+        nodes.AutopilotClient, "create", classmethod(lambda cls, region="": cls(sm, s3, sleep=sleep))
     )
     return stub
 
@@ -363,16 +400,16 @@ def _stub_completed_job(monkeypatch, clients, transform_output: str, *progress: 
         stub.add_response(
             "create_transform_job", {"TransformJobArn": "arn:aws:sagemaker:us-east-1:1:transform-job/t"}, None
         )
+        stub.add_response("describe_transform_job", _transform("InProgress"), None)
         stub.add_response("describe_transform_job", _transform("Completed"), None)
         stub.add_response("delete_model", {}, None)
 
-    original = AutopilotClient.read_text
-    monkeypatch.setattr(
-        AutopilotClient,
-        "read_text",
-        lambda self, uri: transform_output if uri.endswith(".out") else original(self, uri),
+    return _stubbed_factory(
+        monkeypatch,
+        clients,
+        script,
+        sleep=lambda s: fake_transform(clients[1], lambda text: transform_output),
     )
-    return _stubbed_factory(monkeypatch, clients, script)
 
 
 def test_node_rejects_output_that_misses_the_horizon(monkeypatch, clients):
@@ -394,3 +431,114 @@ def test_node_returns_autopilot_forecasts_when_everything_works(monkeypatch, cli
         forecasts, run, forecasts.iloc[0:0], pd.DataFrame(), "mase", 3
     )
     assert canvas.equals(forecasts) and weights.empty
+
+
+def test_a_fleet_over_the_file_limit_is_forecast_from_several_transform_files(clients):
+    """Every item's history and future rows in exactly one input file; one ``.out`` per file, all parsed."""
+    sm, s3 = clients
+    days = pd.date_range("2024-01-01", periods=60, freq="D").strftime("%Y-%m-%d")
+    training = pd.concat(
+        [
+            TRAINING.iloc[:0]
+            .reindex(range(60))
+            .assign(
+                item_id=f"srv-{n:03d}|cpu_p95",
+                timestamp=days,
+                target_value=float(n),
+                is_end_of_quarter=0,
+                is_month_end=0,
+                is_holiday=0,
+            )
+            for n in range(40)
+        ],
+        ignore_index=True,
+    )
+    inference = add_future_regressors(training, 2, REGRESSORS, "US", 2, 5)
+    settings = dataclasses.replace(SETTINGS, transform_max_file_mb=0.02)
+    assert len(inference.to_csv(index=False)) > 3 * 0.02 * 1_048_576
+
+    def predict(text: str) -> str:
+        """One forecast row per future row of each item in this file: p50 = the item's number."""
+        frame = pd.read_csv(io.StringIO(text))
+        future = frame[frame["target_value"].isna()]
+        level = frame.groupby("item_id")["target_value"].max()
+        rows = [
+            f"{i},{t},{level[i] - 1},{level[i]},{level[i] + 1}"
+            for i, t in zip(future.item_id, future.timestamp, strict=True)
+        ]
+        return "item_id,timestamp,p10,p50,p90\n" + "\n".join(rows) + "\n"
+
+    def sagemaker_works(seconds: float) -> None:
+        sagemaker_backends[DEFAULT_ACCOUNT_ID]["us-east-1"].auto_ml_jobs[
+            NAMES.automl
+        ].auto_ml_job_status = "Completed"
+
+    sm.meta.events.register(
+        "after-call.sagemaker.CreateTransformJob", lambda **kwargs: fake_transform(s3, predict)
+    )
+    forecasts, record = AutopilotClient(sm, s3, sleep=sagemaker_works).forecast(
+        training, inference, settings, FAST, FAST, now=NOW
+    )
+    assert record["transform_input_files"] >= 4
+    transform = sm.describe_transform_job(TransformJobName=NAMES.transform)
+    assert transform["MaxPayloadInMB"] == 1 and transform["TransformInput"]["SplitType"] == "None"
+    assert len(forecasts) == 40 * 2 and forecasts.groupby("server_id").size().eq(2).all()
+    assert forecasts.groupby("server_id")["p50"].first().tolist() == [float(n) for n in range(40)]
+    assert _keys(s3) == []  # training copy, transform input and output all deleted
+
+
+def _automl_created(stub: Stubber) -> None:
+    stub.add_response(
+        "create_auto_ml_job_v2", {"AutoMLJobArn": "arn:aws:sagemaker:us-east-1:1:automl-job/x"}, None
+    )
+    stub.add_response("describe_auto_ml_job_v2", _described("InProgress", "TrainingModels"), None)
+
+
+def test_an_interrupted_run_stops_its_automl_job_and_cleans_up(clients):
+    """Ctrl-C (or SIGTERM, below) while waiting for Autopilot: the AutoML job is stopped, not left billing."""
+    sm, s3 = clients
+
+    def interrupted(seconds: float) -> None:
+        raise KeyboardInterrupt
+
+    with Stubber(sm) as stub:
+        _automl_created(stub)
+        stub.add_response("stop_auto_ml_job", {}, {"AutoMLJobName": NAMES.automl})
+        with pytest.raises(KeyboardInterrupt):
+            AutopilotClient(sm, s3, sleep=interrupted).forecast(
+                TRAINING, INFERENCE, SETTINGS, FAST, FAST, now=NOW
+            )
+        stub.assert_no_pending_responses()
+    assert _keys(s3) == []
+
+
+def test_sigterm_during_the_transform_stops_the_transform_job(clients):
+    """SageMaker stops a Processing job with SIGTERM; inside the node it becomes an interrupt that stops the
+    transform job (the model is deleted and the staging objects removed as after any run)."""
+    sm, s3 = clients
+    handler = signal.getsignal(signal.SIGTERM)
+
+    def sigterm(seconds: float) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    with Stubber(sm) as stub:
+        stub.add_response(
+            "create_auto_ml_job_v2", {"AutoMLJobArn": "arn:aws:sagemaker:us-east-1:1:automl-job/x"}, None
+        )
+        stub.add_response(
+            "describe_auto_ml_job_v2", _described("Completed", "Completed", BestCandidate=BEST), None
+        )
+        stub.add_response("create_model", {"ModelArn": "arn:aws:sagemaker:us-east-1:1:model/m"}, None)
+        stub.add_response(
+            "create_transform_job", {"TransformJobArn": "arn:aws:sagemaker:us-east-1:1:transform-job/t"}, None
+        )
+        stub.add_response("describe_transform_job", _transform("InProgress"), None)
+        stub.add_response("stop_transform_job", {}, {"TransformJobName": NAMES.transform})
+        stub.add_response("delete_model", {}, {"ModelName": NAMES.model})
+        with pytest.raises(KeyboardInterrupt, match="being stopped"), sigterm_as_interrupt():
+            AutopilotClient(sm, s3, sleep=sigterm).forecast(
+                TRAINING, INFERENCE, SETTINGS, FAST, FAST, now=NOW
+            )
+        stub.assert_no_pending_responses()
+    assert signal.getsignal(signal.SIGTERM) is handler  # restored after the block
+    assert _keys(s3) == []

@@ -1,5 +1,6 @@
 """Pure canvas library code: job names, request shapes, output parsing, ensemble, metrics."""
 
+import dataclasses
 import re
 from datetime import UTC, datetime
 
@@ -60,13 +61,20 @@ def test_automl_request_is_a_capped_daily_quantile_forecast():
     assert request["OutputDataConfig"]["S3OutputPath"] == f"s3://bkt/canvas/autopilot/{names.automl}/output/"
 
 
-def test_transform_reads_the_training_file_and_writes_its_out_file():
+def test_transform_reads_whole_files_below_the_payload_limit():
     names = make_job_names("cf-canvas", NOW)
     request = build_transform_request(SETTINGS, names)
     uris = s3_uris(SETTINGS, names)
-    assert request["TransformInput"]["DataSource"]["S3DataSource"]["S3Uri"] == uris["input_file"]
-    assert request["TransformInput"]["SplitType"] == "None"
-    assert uris["transform_result"] == uris["transform_output"] + "canvas_training_data.csv.out"
+    assert request["TransformInput"]["DataSource"]["S3DataSource"] == {
+        "S3DataType": "S3Prefix",
+        "S3Uri": uris["transform_input"],
+    }
+    assert request["TransformInput"]["SplitType"] == "None"  # a file is one request: items stay whole
+    assert "BatchStrategy" not in request  # botocore: only with SplitType Line/RecordIO/TFRecord
+    assert request["MaxPayloadInMB"] == 100  # files are below 100 MiB; SageMaker's maximum
+    small = build_transform_request(dataclasses.replace(SETTINGS, transform_max_file_mb=0.05), names)
+    assert small["MaxPayloadInMB"] == 1
+    assert request["TransformOutput"] == {"S3OutputPath": uris["transform_output"], "AssembleWith": "Line"}
 
 
 def test_model_request_needs_inference_containers():

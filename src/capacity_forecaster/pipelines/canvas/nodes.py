@@ -12,11 +12,18 @@ import math
 import numpy as np
 import pandas as pd
 
-from capacity_forecaster.canvas.client import AutopilotClient, CanvasUnavailableError, CostRates, PollSettings
+from capacity_forecaster.canvas.client import (
+    AutopilotClient,
+    CanvasUnavailableError,
+    CostRates,
+    PollSettings,
+    sigterm_as_interrupt,
+)
 from capacity_forecaster.canvas.ensemble import common_folds, ensemble_forecasts, ensemble_weights
 from capacity_forecaster.canvas.metrics import score_forecasts, seasonal_naive_scale
 from capacity_forecaster.canvas.output import FORECAST_COLUMNS, make_item_id, split_item_id
 from capacity_forecaster.canvas.requests import ITEM_ID, TARGET, TIMESTAMP, AutopilotSettings
+from capacity_forecaster.canvas.transform_input import add_future_regressors
 from capacity_forecaster.schema import METRICS, QUANTILES
 
 logger = logging.getLogger(__name__)
@@ -88,6 +95,10 @@ def forecast_with_autopilot(  # noqa: PLR0917 (one argument per parameter leaf)
     max_runtime_per_training_job_s: int,
     max_candidates: int,
     transform_instance_type: str,
+    transform_max_file_mb: float,
+    regressors: list[str],
+    month_end_business_days: int,
+    quarter_end_business_days: int,
     poll_interval_s: float,
     poll_backoff: float,
     poll_max_interval_s: float,
@@ -114,6 +125,11 @@ def forecast_with_autopilot(  # noqa: PLR0917 (one argument per parameter leaf)
         max_runtime_per_training_job_s: Cap on each candidate's training.
         max_candidates: Cap on the candidates trained.
         transform_instance_type: Instance type of the batch transform.
+        transform_max_file_mb: Transform input files (whole items) stay below this size; ``MaxPayloadInMB``.
+        regressors: Calendar flag columns of the training data; their future values go into the transform
+            input (``params:canvas.regressors``).
+        month_end_business_days: Month-end window of those flags (``params:calendar.*``, as in etl).
+        quarter_end_business_days: End-of-quarter window of those flags.
         poll_interval_s: First wait between status checks.
         poll_backoff: Growth of the wait while the status does not change.
         poll_max_interval_s: Longest wait between checks.
@@ -140,6 +156,7 @@ def forecast_with_autopilot(  # noqa: PLR0917 (one argument per parameter leaf)
         max_runtime_per_training_job_s=max_runtime_per_training_job_s,
         max_candidates=max_candidates,
         transform_instance_type=transform_instance_type,
+        transform_max_file_mb=transform_max_file_mb,
         job_prefix=job_prefix,
         region=region,
     )
@@ -149,16 +166,21 @@ def forecast_with_autopilot(  # noqa: PLR0917 (one argument per parameter leaf)
     transform_poll = PollSettings(
         poll_interval_s, poll_backoff, poll_max_interval_s, timeout_s=transform_timeout_s
     )
+    inference = add_future_regressors(
+        canvas_training_data, horizon, regressors, country, month_end_business_days, quarter_end_business_days
+    )
     record: dict = {}
     try:
         client = AutopilotClient.create(region)
-        forecasts, record = client.forecast(
-            canvas_training_data,
-            settings,
-            poll,
-            transform_poll,
-            rates=CostRates(training_usd_per_hour, transform_usd_per_hour),
-        )
+        with sigterm_as_interrupt():
+            forecasts, record = client.forecast(
+                canvas_training_data,
+                inference,
+                settings,
+                poll,
+                transform_poll,
+                rates=CostRates(training_usd_per_hour, transform_usd_per_hour),
+            )
         _check_horizon(forecasts, canvas_training_data, horizon)
     except CanvasUnavailableError as error:
         return empty, _fallback(error.reason, error.detail, {**record, **error.record})
