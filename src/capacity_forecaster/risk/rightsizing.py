@@ -1,5 +1,5 @@
-"""Right-sizing EC2 servers on their forecasts: the cheapest instance type that keeps the forecast peak under a
-target utilisation through the horizon, and what the move changes per month.
+"""Right-sizing EC2 servers on their forecasts: the cheapest instance type that keeps the forecast peak under
+a target utilisation through the horizon, and what the move changes per month.
 
 A server on ``current`` with ``vcpus`` and ``memory_gb`` whose forecast peak (e.g. p90) over the horizon is
 ``cpu_peak`` % and ``memory_peak`` % needs ``vcpus x cpu_peak / target`` vCPUs and
@@ -30,7 +30,10 @@ RECOMMENDATION_COLUMNS: tuple[str, ...] = (
 
 
 def peak_forecasts(
-    forecasts: pd.DataFrame, forecast_model: str, basis: str, metrics: Sequence[str] = ("cpu_p95", "memory_p95")
+    forecasts: pd.DataFrame,
+    forecast_model: str,
+    basis: str,
+    metrics: Sequence[str] = ("cpu_p95", "memory_p95"),
 ) -> pd.DataFrame:
     """Each server's highest ``basis`` quantile over the horizon, one column per metric (NaN when missing).
 
@@ -74,7 +77,9 @@ def _region_of(server_inventory: pd.DataFrame, default_region: str) -> pd.Series
     else ``default_region``."""
     region = pd.Series(default_region, index=server_inventory.index, dtype="object")
     if "datacenter" in server_inventory.columns:
-        zone = server_inventory["datacenter"].astype("str").str.extract(r"^([a-z]{2}(?:-[a-z]+)+-\d+)[a-z]$")[0]
+        zone = (
+            server_inventory["datacenter"].astype("str").str.extract(r"^([a-z]{2}(?:-[a-z]+)+-\d+)[a-z]$")[0]
+        )
         region = zone.where(zone.notna(), region)
     if "region" in server_inventory.columns:
         given = server_inventory["region"]
@@ -82,7 +87,7 @@ def _region_of(server_inventory: pd.DataFrame, default_region: str) -> pd.Series
     return region.astype("str")
 
 
-def right_size(  # noqa: PLR0914 - one row of bookkeeping per server
+def right_size(  # noqa: PLR0914, PLR0917 - one row of bookkeeping per server; one argument per parameter
     peaks: pd.DataFrame,
     server_inventory: pd.DataFrame,
     prices: pd.DataFrame,
@@ -94,12 +99,13 @@ def right_size(  # noqa: PLR0914 - one row of bookkeeping per server
     """One recommendation per inventory server (columns ``RECOMMENDATION_COLUMNS``).
 
     The recommendation is empty, with the reason, when the server's type is not an EC2 type of the price
-    table in its region (e.g. an on-premises host), when it has no cpu forecast, or when nothing fits. When the
-    memory forecast is missing (no CloudWatch agent), memory is kept at least at the current size.
+    table in its region (e.g. an on-premises host), when it has no cpu forecast, or when nothing fits. When
+    the memory forecast is missing (no CloudWatch agent), memory is kept at least at the current size.
 
     Args:
         peaks: Output of :func:`peak_forecasts` (``cpu_p95``, ``memory_p95`` in %, indexed by server).
-        server_inventory: ``server_id``, ``instance_type`` and optionally ``region`` / ``datacenter``.
+        server_inventory: ``server_id`` and, optional in the contract, ``instance_type``, ``region`` or an
+            availability zone as ``datacenter``.
         prices: Price table: ``region, instance_type, family, vcpus, memory_gb, hourly_cost_usd``.
         target_utilisation: Highest forecast peak (%) allowed on the recommended type, e.g. 70.
         allowed_families: Families to look in when the server's own family has nothing that fits.
@@ -108,16 +114,15 @@ def right_size(  # noqa: PLR0914 - one row of bookkeeping per server
     """
     if not 0 < target_utilisation <= 100:
         raise ValueError(f"target_utilisation must be in (0, 100] %, got {target_utilisation}")
-    if "instance_type" not in server_inventory.columns:
-        raise ValueError(
-            f"server_inventory has no instance_type column (columns: {list(server_inventory.columns)}); "
-            "right-sizing needs the EC2 instance type of each server"
-        )
     inventory = server_inventory.drop_duplicates("server_id").reset_index(drop=True)
+    if "instance_type" not in inventory.columns:  # optional in the contract (e.g. an on-premises fleet)
+        inventory = inventory.assign(instance_type=None)
     regions = _region_of(inventory, default_region)
     by_region = {region: table for region, table in prices.groupby("region")}
     rows = []
-    for server_id, current, region in zip(inventory["server_id"], inventory["instance_type"], regions, strict=True):
+    for server_id, current, region in zip(
+        inventory["server_id"], inventory["instance_type"], regions, strict=True
+    ):
         row = dict.fromkeys(RECOMMENDATION_COLUMNS, np.nan)
         row.update(server_id=server_id, instance_type=current, region=region, reason="")
         table = by_region.get(region, prices.iloc[0:0])
@@ -126,7 +131,11 @@ def right_size(  # noqa: PLR0914 - one row of bookkeeping per server
         memory_peak = peaks["memory_p95"].get(server_id, np.nan) if "memory_p95" in peaks else np.nan
         row.update(cpu_peak=cpu_peak, memory_peak=memory_peak)
         if own.empty:
-            row["reason"] = f"{current!s} is not an EC2 instance type of the price table in {region}"
+            row["reason"] = (
+                "no instance_type in server_inventory"
+                if pd.isna(current)
+                else f"{current} is not an EC2 instance type of the price table in {region}"
+            )
             rows.append(row)
             continue
         spec = own.iloc[0]
@@ -166,7 +175,9 @@ def right_size(  # noqa: PLR0914 - one row of bookkeeping per server
         )
         rows.append(row)
     out = pd.DataFrame(rows, columns=list(RECOMMENDATION_COLUMNS))
-    out["recommended_instance_type"] = out["recommended_instance_type"].astype("object").where(
-        out["recommended_instance_type"].notna(), None
+    out["recommended_instance_type"] = (
+        out["recommended_instance_type"]
+        .astype("object")
+        .where(out["recommended_instance_type"].notna(), None)
     )
     return out
