@@ -1,12 +1,15 @@
 """CloudWatch ingestion (``kedro cloud pull-metrics``) against moto's EC2 and CloudWatch; botocore's Stubber
 for what moto cannot answer (percentile statistics, NextToken pages, throttling)."""
 
+import json
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
 import boto3
 import pandas as pd
 import pytest
+import requests
+import s3fs
 from botocore.stub import Stubber
 from click.testing import CliRunner
 from kedro.runner import SequentialRunner
@@ -26,6 +29,7 @@ from capacity_forecaster.cloud.cloudwatch import (
 )
 from capacity_forecaster.cloud.prices import load_price_table
 from capacity_forecaster.schema import METRICS
+from tests.cloud.conftest import object_keys
 from tests.conftest import PROJECT_PATH
 
 END = datetime(2026, 11, 20, tzinfo=UTC)
@@ -354,3 +358,53 @@ def test_local_flag_writes_data_01_raw(fleet, data_root):
     assert inventory["server_id"].tolist() == [f.db]
     raw = pd.read_csv(data_root / "01_raw" / "server_metrics.csv.gz")
     assert set(raw["server_id"]) == {f.db} and raw["cpu_p95"].notna().all()
+
+
+def _user_with_policy(name: str, document: dict) -> dict[str, str]:
+    iam = boto3.client("iam")
+    iam.create_user(UserName=name)
+    iam.put_user_policy(UserName=name, PolicyName="pull-metrics", PolicyDocument=json.dumps(document))
+    key = iam.create_access_key(UserName=name)["AccessKey"]
+    return {"AWS_ACCESS_KEY_ID": key["AccessKeyId"], "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"]}
+
+
+@pytest.mark.slow
+def test_documented_iam_policy_allows_pull_metrics_and_nothing_is_missing(bucket, fleet, monkeypatch, aws):
+    """docs/iam/pull-metrics-policy.json loaded into moto with IAM checks on. moto checks EC2 and CloudWatch
+    actions against resource "*" (their statements already use "*") and ignores conditions; S3 statements are
+    checked against their real resources. moto names CloudWatch actions by the endpoint prefix
+    (``monitoring:ListMetrics``) where IAM uses ``cloudwatch:ListMetrics``: the test adds those aliases."""
+    f = fleet(end=datetime.now(UTC).replace(minute=0, second=0, microsecond=0))
+    monkeypatch.setenv("CF_PREFIX", "team-a")
+    text = (PROJECT_PATH / "docs" / "iam" / "pull-metrics-policy.json").read_text()
+    for placeholder, value in {"${BUCKET}": bucket, "${PREFIX}": "team-a", "${REGION}": "us-east-1"}.items():
+        text = text.replace(placeholder, value)
+    policy = json.loads(text)
+    for statement in policy["Statement"]:
+        statement["Action"] += [
+            a.replace("cloudwatch:", "monitoring:") for a in statement["Action"] if "cloudwatch:" in a
+        ]
+    allowed = _user_with_policy("puller", policy)
+    without_metrics = _user_with_policy(
+        "no-metrics", dict(policy, Statement=[s for s in policy["Statement"] if s["Sid"] != "ReadMetrics"])
+    )
+    args = ["pull-metrics", "--days", "2", "--tag", "team=web", "--statistic", "Maximum"]
+    requests.post(f"{aws}/moto-api/reset-auth", data=b"0", timeout=10)
+    try:
+        for name, value in without_metrics.items():
+            monkeypatch.setenv(name, value)
+        s3fs.S3FileSystem.clear_instance_cache()
+        denied = CliRunner().invoke(cloud, args, obj=SimpleNamespace(project_path=PROJECT_PATH))
+        for name, value in allowed.items():
+            monkeypatch.setenv(name, value)
+        s3fs.S3FileSystem.clear_instance_cache()
+        result = CliRunner().invoke(
+            cloud, args, obj=SimpleNamespace(project_path=PROJECT_PATH), catch_exceptions=False
+        )
+    finally:
+        requests.post(f"{aws}/moto-api/reset-auth", data=b"inf", timeout=10)
+    assert denied.exit_code == 1 and "cloudwatch:ListMetrics failed" in denied.output
+    assert "pull-metrics-policy.json" in denied.output
+    assert result.exit_code == 0, result.output
+    assert set(object_keys(bucket)) == {"team-a/raw/server_metrics.csv.gz", "team-a/raw/server_inventory.csv"}
+    assert f"missing memory_p95 for {f.without_agent}" in result.output
