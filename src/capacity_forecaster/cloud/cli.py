@@ -144,7 +144,11 @@ def _raw_catalog(project_path: Path, env: str) -> tuple[Any, dict[str, str]]:
 @click.option("--tag", "tags", multiple=True, help="KEY=VALUE instance tag to match (repeat; same key = or).")
 @click.option("--instance-ids", default=None, help="Comma-separated instance ids (default: all that match).")
 @click.option(
-    "--statistic", type=click.Choice(["p95", "Maximum", "Average"]), default="p95", show_default=True
+    "--statistic",
+    type=click.Choice(["p95", "Maximum", "Average"]),
+    default="p95",
+    show_default=True,
+    help="Statistic of each period, for every metric (etl then takes the daily P95 of the periods).",
 )
 @click.option("--period", type=int, default=3600, show_default=True, help="Seconds per data point.")
 @click.option("--region", default=None, help="Region of the instances [default: the env's / boto3's region].")
