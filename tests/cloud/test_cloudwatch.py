@@ -80,12 +80,14 @@ def fleet(aws):
 
     moto answers Maximum and Average, not percentiles (a 500 that botocore retries): p95 is Stubber's."""
 
-    def make(end: datetime = END) -> SimpleNamespace:
+    def make(end: datetime = END, margin: bool = False) -> SimpleNamespace:
         ec2, cw = make_clients("us-east-1")
         with_agent, without_agent = _run(ec2, {"team": "web", "Name": "web-1", "Role": "frontend"}, 2)
         ec2.stop_instances(InstanceIds=[without_agent])
         (db,) = _run(ec2, {"team": "db"})
         hours = _hours(end, DAYS)
+        if margin:  # the CLI ends its window at the current hour: full either side of an hour's turn
+            hours = [hours[0] - timedelta(hours=1), *hours, end]
         cpu = {ts: float(10 + ts.hour) for ts in hours}
         own = {"InstanceId": with_agent}
         _put(cw, "AWS/EC2", "CPUUtilization", own, cpu)
@@ -321,7 +323,7 @@ def test_denied_call_names_the_policy():
 @pytest.mark.slow
 def test_pulled_datasets_load_through_the_cloud_catalog_and_etl_runs(bucket, fleet, kedro_session):
     now = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
-    f = fleet(end=now)
+    f = fleet(end=now, margin=True)
     result = CliRunner().invoke(
         cloud,
         ["pull-metrics", "--days", str(DAYS), "--tag", "team=web", "--statistic", "Maximum"],
@@ -346,7 +348,7 @@ def test_pulled_datasets_load_through_the_cloud_catalog_and_etl_runs(bucket, fle
 
 
 def test_local_flag_writes_data_01_raw(fleet, data_root):
-    f = fleet(end=datetime.now(UTC).replace(minute=0, second=0, microsecond=0))
+    f = fleet(end=datetime.now(UTC).replace(minute=0, second=0, microsecond=0), margin=True)
     result = CliRunner().invoke(
         cloud,
         ["pull-metrics", "--days", "2", "--instance-ids", f.db, "--statistic", "Average", "--local"],
@@ -374,7 +376,7 @@ def test_documented_iam_policy_allows_pull_metrics_and_nothing_is_missing(bucket
     actions against resource "*" (their statements already use "*") and ignores conditions; S3 statements are
     checked against their real resources. moto names CloudWatch actions by the endpoint prefix
     (``monitoring:ListMetrics``) where IAM uses ``cloudwatch:ListMetrics``: the test adds those aliases."""
-    f = fleet(end=datetime.now(UTC).replace(minute=0, second=0, microsecond=0))
+    f = fleet(end=datetime.now(UTC).replace(minute=0, second=0, microsecond=0), margin=True)
     monkeypatch.setenv("CF_PREFIX", "team-a")
     text = (PROJECT_PATH / "docs" / "iam" / "pull-metrics-policy.json").read_text()
     for placeholder, value in {"${BUCKET}": bucket, "${PREFIX}": "team-a", "${REGION}": "us-east-1"}.items():
