@@ -331,7 +331,10 @@ def test_pulled_datasets_load_through_the_cloud_catalog_and_etl_runs(bucket, fle
         catch_exceptions=False,
     )
     assert result.exit_code == 0, result.output
-    assert f"missing memory_p95 for {f.without_agent}: no CWAgent mem_used_percent" in result.output
+    assert (
+        f"missing memory_p95 for 1 instance(s) ({f.without_agent}): no CWAgent mem_used_percent"
+        in result.output
+    )
     assert f"s3://{bucket}/raw/server_metrics.csv.gz" in result.output
 
     catalog = kedro_session(env="cloud").load_context().catalog
@@ -409,4 +412,4 @@ def test_documented_iam_policy_allows_pull_metrics_and_nothing_is_missing(bucket
     assert "pull-metrics-policy.json" in denied.output
     assert result.exit_code == 0, result.output
     assert set(object_keys(bucket)) == {"team-a/raw/server_metrics.csv.gz", "team-a/raw/server_inventory.csv"}
-    assert f"missing memory_p95 for {f.without_agent}" in result.output
+    assert f"missing memory_p95 for 1 instance(s) ({f.without_agent})" in result.output

@@ -219,5 +219,6 @@ def pull_metrics(  # noqa: PLR0913
     unpriced = sorted(inventory.loc[inventory["hourly_cost_usd"].isna(), "instance_type"].unique())
     if unpriced:
         click.echo(f"no price in the shipped table for {region}: {unpriced} (hourly_cost_usd left empty)")
-    for row in result.missing.itertuples(index=False):
-        click.echo(f"missing {row.metric} for {row.server_id}: {row.reason}")
+    for (metric, reason), servers in result.missing.groupby(["metric", "reason"], sort=True)["server_id"]:
+        shown = ", ".join(servers.iloc[:20]) + (f" and {len(servers) - 20} more" if len(servers) > 20 else "")
+        click.echo(f"missing {metric} for {len(servers)} instance(s) ({shown}): {reason}")

@@ -400,8 +400,8 @@ def _rates(
     out["memory_p95"] = data["memory"]
     if data["memory"].empty:
         missing["memory_p95"] = (
-            "no CWAgent mem_used_percent data points: the CloudWatch agent does not publish memory for this "
-            "instance (install it with the mem_used_percent measurement)"
+            "no CWAgent mem_used_percent data points: the CloudWatch agent does not publish memory "
+            "(install it with the mem_used_percent measurement)"
         )
     ebs = kind.ebs_baseline_mbytes_per_s if kind else None
     disk = data["disk_read"].add(data["disk_write"])  # NaN unless both were published at that time
