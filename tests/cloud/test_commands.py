@@ -186,7 +186,7 @@ def test_check_on_a_missing_bucket_fails_clearly(aws, monkeypatch):
 def test_cloud_group_is_registered_on_the_project_cli():
     from capacity_forecaster.cli import cli  # noqa: PLC0415
 
-    assert {"push", "check", "image", "setup-role"} <= set(cli.commands["cloud"].commands)
+    assert {"push", "check", "image", "setup-role", "pull-metrics"} <= set(cli.commands["cloud"].commands)
     assert set(cli.commands["cloud"].commands["image"].commands) == {"build", "push"}
 
 

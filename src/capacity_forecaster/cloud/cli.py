@@ -259,3 +259,107 @@ def setup_role(  # noqa: PLR0917
     click.echo(f"role {name} matches docs/iam" if not changes else f"role {name} is set up")
     variable = "CF_CODEBUILD_ROLE_ARN" if codebuild else "CF_SAGEMAKER_ROLE_ARN"
     click.echo(f"export {variable}={arn}")
+
+
+# --- kedro cloud pull-metrics (issue 17) -----------------------------------------------------------------
+_PULLED = ("raw_server_metrics", "server_inventory")
+
+
+def _raw_catalog(project_path: Path, env: str) -> tuple[Any, dict[str, str]]:
+    """A catalog of ``env``'s ``raw_server_metrics`` and ``server_inventory`` entries as ``kedro run`` sees
+    them, and their file paths."""
+    from kedro.config import OmegaConfigLoader  # noqa: PLC0415
+    from kedro.io import DataCatalog  # noqa: PLC0415
+
+    from capacity_forecaster import settings as project_settings  # noqa: PLC0415
+
+    loader = OmegaConfigLoader(
+        conf_source=str(project_path / "conf"), env=env, **project_settings.CONFIG_LOADER_ARGS
+    )
+    entries = {name: loader["catalog"][name] for name in _PULLED}
+    return DataCatalog.from_config(entries), {name: str(e["filepath"]) for name, e in entries.items()}
+
+
+@cloud.command(name="pull-metrics")
+@click.option("--days", type=click.IntRange(min=1), required=True, help="Days of history, ending now.")
+@click.option("--tag", "tags", multiple=True, help="KEY=VALUE instance tag to match (repeat; same key = or).")
+@click.option("--instance-ids", default=None, help="Comma-separated instance ids (default: all that match).")
+@click.option(
+    "--statistic",
+    type=click.Choice(["p95", "Maximum", "Average"]),
+    default="p95",
+    show_default=True,
+    help="Statistic of each period, for every metric (etl then takes the daily P95 of the periods).",
+)
+@click.option("--period", type=int, default=3600, show_default=True, help="Seconds per data point.")
+@click.option("--region", default=None, help="Region of the instances [default: the env's / boto3's region].")
+@click.option("--archetype-tag", default=None, help="Tag whose value is the archetype (default: the family).")
+@click.option("--local", is_flag=True, help="Write to data/01_raw (env local) instead of raw/ on S3.")
+@_ENV
+@click.pass_obj
+def pull_metrics(  # noqa: PLR0913
+    metadata: Any,
+    *,
+    days: int,
+    tags: tuple[str, ...],
+    instance_ids: str | None,
+    statistic: str,
+    period: int,
+    region: str | None,
+    archetype_tag: str | None,
+    local: bool,
+    env: str,
+) -> None:
+    """Read EC2 instances and their CloudWatch metrics into raw_server_metrics and server_inventory."""
+    import boto3  # noqa: PLC0415
+
+    from .cloudwatch import PullMetricsError, make_clients, parse_tags  # noqa: PLC0415
+    from .cloudwatch import pull_metrics as pull  # noqa: PLC0415
+    from .errors import CloudStorageError  # noqa: PLC0415
+    from .prices import load_price_table  # noqa: PLC0415
+    from .s3 import check_bucket  # noqa: PLC0415
+
+    project_path = Path(getattr(metadata, "project_path", None) or Path.cwd())
+    target_env = "local" if local else env
+    try:
+        tag_filters = parse_tags(tags)
+        if not local:  # fail before any CloudWatch call when the results could not be stored
+            settings, _, s3 = _context(metadata, env)
+            check_bucket(s3, settings.bucket, settings.region, prefix=settings.key("raw") + "/")
+            region = region or settings.region
+        region = region or boto3.session.Session().region_name or "us-east-1"
+        ec2, cloudwatch = make_clients(region)
+
+        def progress(done: int, total: int) -> None:
+            click.echo(f"GetMetricData batch {done}/{total}", err=True)
+
+        result = pull(
+            ec2,
+            cloudwatch,
+            days=days,
+            period=period,
+            statistic=statistic,
+            prices=load_price_table(),
+            region=region,
+            tags=tag_filters,
+            instance_ids=[i.strip() for i in instance_ids.split(",") if i.strip()] if instance_ids else None,
+            archetype_tag=archetype_tag,
+            progress=progress,
+        )
+    except (ValueError, PullMetricsError, CloudStorageError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    catalog, paths = _raw_catalog(project_path, target_env)
+    catalog.save("raw_server_metrics", result.raw_server_metrics)
+    catalog.save("server_inventory", result.server_inventory)
+    inventory, raw = result.server_inventory, result.raw_server_metrics
+    click.echo(
+        f"{len(inventory)} instance(s) in {region}, {len(raw)} rows ({statistic}, {period} s, {days} days) "
+        f"from {result.requests} GetMetricData request(s) -> env {target_env!r}: "
+        + ", ".join(f"{name} {path}" for name, path in paths.items())
+    )
+    unpriced = sorted(inventory.loc[inventory["hourly_cost_usd"].isna(), "instance_type"].unique())
+    if unpriced:
+        click.echo(f"no price in the shipped table for {region}: {unpriced} (hourly_cost_usd left empty)")
+    for (metric, reason), servers in result.missing.groupby(["metric", "reason"], sort=True)["server_id"]:
+        shown = ", ".join(servers.iloc[:20]) + (f" and {len(servers) - 20} more" if len(servers) > 20 else "")
+        click.echo(f"missing {metric} for {len(servers)} instance(s) ({shown}): {reason}")

@@ -13,6 +13,7 @@ from .nodes import (
     score_forecast_risk,
     summarise_risk,
 )
+from .rightsizing_nodes import recommend_instance_types
 
 _P = "params:risk_analysis."
 
@@ -96,6 +97,22 @@ def create_pipeline(**kwargs) -> Pipeline:
                 inputs=["risk_register", "server_truth"],
                 outputs="risk_evaluation",
                 name="evaluate_risk_flags_node",
+            ),
+            Node(
+                func=recommend_instance_types,
+                inputs={
+                    "forecasts": "forecasts",
+                    "server_inventory": "server_inventory",
+                    "ec2_price_table": "ec2_price_table",
+                    "forecast_model": f"{_P}forecast_model",
+                    "basis": f"{_P}rightsizing.basis",
+                    "target_utilisation": f"{_P}rightsizing.target_utilisation",
+                    "allowed_families": f"{_P}rightsizing.allowed_families",
+                    "hours_per_month": f"{_P}rightsizing.hours_per_month",
+                    "default_region": f"{_P}rightsizing.default_region",
+                },
+                outputs="rightsizing_recommendations",
+                name="recommend_instance_types_node",
             ),
         ],
         namespace="risk_analysis",
