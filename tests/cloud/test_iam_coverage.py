@@ -89,6 +89,13 @@ def _operations() -> dict[str, list[tuple[str, str]]]:
 OPERATIONS = _operations()
 
 
+def _root_name(expr: ast.expr) -> str | None:
+    """The name a call chain starts from: ``importlib`` for ``importlib.import_module(x).create_pipeline``."""
+    while isinstance(expr, ast.Attribute | ast.Call):
+        expr = expr.value if isinstance(expr, ast.Attribute) else expr.func
+    return expr.id if isinstance(expr, ast.Name) else None
+
+
 def aws_calls(source: str) -> set[str]:
     """snake_case names of the AWS operations (and S3 transfer methods) a module's source refers to."""
     tree = ast.parse(source)
@@ -101,8 +108,8 @@ def aws_calls(source: str) -> set[str]:
     found = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
-            receiver = node.func.value
-            on_import = isinstance(receiver, ast.Name) and receiver.id in imported
+            root = _root_name(node.func.value)
+            on_import = root in imported and root not in {"boto3", "botocore"}  # boto3.client(...).x is AWS
             if not on_import and (node.func.attr in OPERATIONS or node.func.attr in TRANSFER_METHODS):
                 found.add(node.func.attr)
         if isinstance(node, ast.Call) and node.args:  # get_paginator("list_objects_v2"), _call("create_...")
