@@ -64,7 +64,7 @@ def test_stale_server_is_not_tiered_and_asks_to_check_monitoring():
         {("live", "cpu_p95"): np.full(90, 50.0), ("silent", "cpu_p95"): np.full(90, 95.0)}
     )
     scored = score(forecasts, history, stale_after_days=7)
-    assert set(zip(scored["server_id"], scored["metric"])) == {
+    assert set(zip(scored["server_id"], scored["metric"], strict=True)) == {
         ("live", "cpu_p95"),
         ("silent", "cpu_p95"),
         ("silent", "memory_p95"),  # in the register although modelling gave it no forecast

@@ -3,7 +3,7 @@
 A forecast gives three quantiles per day (p10, p50, p90). Each day's value is read as a split normal: median
 p50, standard deviation (p50 - p10) / z90 below it and (p90 - p50) / z90 above it (z90 = 1.2816). Through its
 distribution function each day maps to a standard normal latent variable, and day ``t`` is above a threshold
-``c`` exactly when the latent variable exceeds ``z_t`` = (c - p50) / sigma (the side of the median ``c`` is on).
+``c`` exactly when the latent variable exceeds ``z_t`` = (c - p50) / sigma (sigma of the side ``c`` is on).
 
 Days are dependent (a forecast that is too low today is likely too low tomorrow): the latent variables follow
 a stationary Gaussian AR(1) with lag-1 correlation ``rho`` (a Gaussian copula). ``breach_probabilities``
@@ -163,7 +163,7 @@ def first_day_above(grid: np.ndarray, threshold: float) -> np.ndarray:
     return np.where(above.any(axis=1), above.argmax(axis=1) + 1, 0)
 
 
-def assign_tiers(
+def assign_tiers(  # noqa: PLR0917 - the two flags of each threshold, then the rule's settings
     prob_above_high: np.ndarray,
     prob_above_very_high: np.ndarray,
     recent_high: np.ndarray,

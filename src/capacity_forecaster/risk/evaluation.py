@@ -1,5 +1,5 @@
-"""Scores of risk flags: against the generator's ground truth (``server_truth``) when there is one, and the risk
-backtest (flags computed at past forecast origins compared with what then happened), which any fleet has.
+"""Scores of risk flags: against the generator's ground truth (``server_truth``) when there is one, and the
+risk backtest (flags computed at past forecast origins compared with what then happened), which any fleet has.
 """
 
 import logging
@@ -235,7 +235,8 @@ def backtest_risk_flags(  # noqa: PLR0913, PLR0914, PLR0917 - one argument per p
 
     Returns:
         ``available`` and, when true: folds (origins, fold horizon, cases), per threshold the scores of the
-        configured rule (``forecast_or_recent``), the forecast probability alone and the recent-days rule alone
+        configured rule (``forecast_or_recent``), the forecast probability alone and the recent-days rule
+        alone
         (series and server level, with lead times), and ``cutoff_scan``: what each probability cut-off would
         have given at server level.
     """
@@ -268,8 +269,8 @@ def backtest_risk_flags(  # noqa: PLR0913, PLR0914, PLR0917 - one argument per p
             recent_window_days,
             {"80": thresholds["high"], "90": thresholds["very_high"]},
         )
-        for label in recent:
-            recent[label][at] = counts[label]
+        for label, values in counts.items():
+            recent[label][at] = values
     probability, truth_day, recent_flag = {}, {}, {}
     for label, key in (("80", "high"), ("90", "very_high")):
         probability[label] = breach_columns(grids, rho, thresholds[key], breach_min_days)[0]
@@ -295,7 +296,7 @@ def backtest_risk_flags(  # noqa: PLR0913, PLR0914, PLR0917 - one argument per p
         }
     at_risk = result["thresholds"]["80"]["forecast_or_recent"]["servers"]
     logger.info(
-        "Risk backtest on %d origins (%d-day folds): at-risk servers precision %s, recall %s, median lead %s days",
+        "Risk backtest, %d origins, %d-day folds: at-risk servers precision %s, recall %s, median lead %s d",
         len(result["origins"]),
         result["fold_horizon_days"],
         at_risk["precision"],

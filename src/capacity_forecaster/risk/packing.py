@@ -1,4 +1,4 @@
-"""Consolidation of underutilized servers: 2-D first-fit decreasing bin packing, and the inventory behind it."""
+"""Consolidation of underutilized servers: 2-D first-fit decreasing packing, and the inventory behind it."""
 
 import logging
 from typing import Any
@@ -19,8 +19,8 @@ _SIZING_METRICS = {"cpu": "cpu_p95", "memory": "memory_p95"}
 def complete_inventory(server_ids: pd.Series, server_inventory: pd.DataFrame) -> pd.DataFrame:
     """Inventory indexed by ``server_id``, with an unknown row for every analysed server it lacks.
 
-    An unknown row has archetype ``unknown`` and NaN sizes and costs (etl's ``unknown_servers: keep`` lets such
-    servers through): they are analysed, but never sized, costed or consolidated.
+    An unknown row has archetype ``unknown`` and NaN sizes and costs (etl's ``unknown_servers: keep`` lets
+    such servers through): they are analysed, but never sized, costed or consolidated.
 
     Raises:
         ValueError: When a column is missing or a server is listed more than once.

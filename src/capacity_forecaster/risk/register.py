@@ -1,4 +1,4 @@
-"""The risk register (one row per server and metric, with the action and the reason in words) and its summary."""
+"""The risk register (one row per server and metric, with its action and reason in words) and its summary."""
 
 import logging
 from typing import Any
@@ -60,7 +60,7 @@ def _risk_reason(row: Any, peak: str) -> str:
     return "; ".join(parts)
 
 
-def reason(row: Any, host_guests: dict[str, int]) -> str:
+def reason(row: Any, host_guests: dict[str, int]) -> str:  # noqa: PLR0911 - one return per case
     """Why a register row has its tier and action, in words with the numbers behind it."""
     if row.stale:
         return (
@@ -141,7 +141,7 @@ def summarise(
     consolidation_summary: dict[str, Any],
     top_servers: int,
 ) -> dict[str, Any]:
-    """The JSON risk summary: tier counts, top at-risk servers, stale and unknown servers, savings, clusters."""
+    """The JSON risk summary: tier counts, top at-risk, stale and unknown servers, savings, clusters."""
     servers = risk_register.drop_duplicates("server_id")
     ranked = risk_register.assign(
         _severity=risk_register["risk_level"].map(SEVERITY),

@@ -58,7 +58,7 @@ def select_forecasts(forecasts: pd.DataFrame, forecast_model: str) -> pd.DataFra
 def breach_columns(
     grids: dict[str, np.ndarray], rho: np.ndarray, threshold: float, min_days: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Probability of >= ``min_days`` days above ``threshold`` per row, and the median breach day (0: none)."""
+    """Probability of >= ``min_days`` days above ``threshold`` per row and the median breach day (0: none)."""
     z = latent_thresholds(grids["p10"], grids["p50"], grids["p90"], threshold)
     probability, cumulative = breach_probabilities(z, rho, min_days)
     return probability, median_breach_day(cumulative)
@@ -256,7 +256,7 @@ def score_series(  # noqa: PLR0913, PLR0914, PLR0915, PLR0917 - one argument per
     out.loc[blank, "risk_level"] = None
     if blank.any():
         logger.warning(
-            "%d server(s) stopped reporting more than %d days before %s: stale, not tiered (check monitoring)",
+            "%d server(s) stopped reporting more than %d days before %s: stale, not tiered",
             len(stale_ids),
             stale_after_days,
             dates_of(np.array([today]))[0].date(),

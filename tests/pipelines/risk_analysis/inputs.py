@@ -3,6 +3,7 @@
 import numpy as np
 import pandas as pd
 
+from capacity_forecaster.pipelines.risk_analysis.nodes import score_forecast_risk
 from capacity_forecaster.schema import METRICS
 
 ANALYSIS_DATE = pd.Timestamp("2025-12-31")  # last clean day; 2026-01-01 is forecast day 1
@@ -128,7 +129,5 @@ def quiet_history(forecasts: pd.DataFrame, days: int = 30, level: float = 10.0) 
 
 def score(forecasts: pd.DataFrame, history: pd.DataFrame | None = None, **overrides) -> pd.DataFrame:
     """score_forecast_risk with SCORE_PARAMS, the fallback dependence and a quiet history unless given."""
-    from capacity_forecaster.pipelines.risk_analysis.nodes import score_forecast_risk
-
     history = quiet_history(forecasts) if history is None else history
     return score_forecast_risk(forecasts, history, DEPENDENCE, **{**SCORE_PARAMS, **overrides})

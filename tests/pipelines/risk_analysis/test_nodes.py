@@ -15,10 +15,9 @@ from capacity_forecaster.pipelines.risk_analysis.nodes import (
 from capacity_forecaster.schema import METRICS
 
 from .inputs import (
-    DEPENDENCE,
     ANALYSIS_DATE,
     CALENDAR,
-    score,
+    DEPENDENCE,
     archetype_history,
     crossing_series,
     flat_server,
@@ -26,6 +25,7 @@ from .inputs import (
     history_frame,
     inventory_frame,
     quiet_history,
+    score,
 )
 
 NO_BACKTEST = {"available": False, "note": "none"}
@@ -240,7 +240,9 @@ def test_server_missing_from_inventory_is_analysed_as_unknown_and_not_moved(pack
         {"server_id": "B", "reason": "not in server_inventory: size and cost unknown"}
     ]
     assert summary["servers_without_cost"] == 1
-    history = history_frame({key: np.full(30, 20.0) for key in zip(scored["server_id"], scored["metric"])})
+    history = history_frame(
+        {key: np.full(30, 20.0) for key in zip(scored["server_id"], scored["metric"], strict=True)}
+    )
     profiles = profile_utilisation(history, 365, 7, 180, **CALENDAR)
     register = build_risk_register(scored, profiles, plan, partial).set_index(["server_id", "metric"])
     b = register.loc[("B", "cpu_p95")]
