@@ -120,10 +120,15 @@ def test_no_backtest_says_so():
     assert result["available"] is False and "no risk backtest" in result["note"]
 
 
-def test_backtest_missing_a_column_is_a_clear_error():
+def test_backtest_in_another_schema_is_left_out_and_said_so():
     backtest, clean = constructed_fleet()
-    with pytest.raises(ValueError, match=r"backtest_forecasts lacks column\(s\) \['actual'\]"):
-        backtest_risk_flags(backtest.drop(columns="actual"), clean, FALLBACK, THRESHOLDS, CUTOFFS, 1, 14, 2)
+    old = backtest.rename(columns={"actual": "y", "server_id": "unique_id"})  # the older all-models file
+    result = backtest_risk_flags(old, clean, FALLBACK, THRESHOLDS, CUTOFFS, 1, 14, 2)
+    assert result["available"] is False
+    assert (
+        "lacks column(s) ['server_id', 'actual']" in result["note"] and "re-run modelling" in result["note"]
+    )
+    assert estimate_dependence(old, 0.7, 50)["by_metric"] == {}
 
 
 def _ar1_backtest(rho: float, series: int, days: int) -> pd.DataFrame:

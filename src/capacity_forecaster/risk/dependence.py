@@ -7,12 +7,32 @@ import numpy as np
 import pandas as pd
 
 from .breach import Z90
-from .tables import require_columns
 
 logger = logging.getLogger(__name__)
 
 BACKTEST_COLUMNS = ("server_id", "metric", "origin", "date", "h", "p10", "p50", "p90", "actual")
 _ERROR_LIMIT = 5.0  # standardised errors are clipped to +-5 so one wild day cannot dominate
+
+
+def usable_backtest(backtest_forecasts: pd.DataFrame) -> tuple[pd.DataFrame, str | None]:
+    """The backtest forecasts if they are in the contract schema, else an empty frame and the reason why not.
+
+    Before the modelling pipeline wrote the selected model's ``backtest_forecasts``, the same file held the
+    all-models calibrated backtest (``unique_id, fold, ds, y``): such a file is left out with a warning
+    instead of stopping risk_analysis, and the reason goes into ``risk_evaluation``.
+    """
+    if backtest_forecasts.empty:
+        return backtest_forecasts, "no backtest_forecasts (the modelling pipeline writes them)"
+    missing = [column for column in BACKTEST_COLUMNS if column not in backtest_forecasts.columns]
+    if not missing:
+        return backtest_forecasts, None
+    note = (
+        f"backtest_forecasts lacks column(s) {missing} (it has {list(backtest_forecasts.columns)}): probably "
+        "written by an older modelling pipeline; re-run modelling to get the risk backtest and the estimated "
+        "error dependence"
+    )
+    logger.warning("%s. Left out: fallback correlation, no risk backtest.", note)
+    return pd.DataFrame(), note
 
 
 def standardised_errors(backtest: pd.DataFrame) -> np.ndarray:
@@ -49,8 +69,8 @@ def estimate_dependence(
             f"params:risk_analysis.fallback_correlation must be in [0, 1], got {fallback_correlation}"
         )
     by_metric: dict[str, dict[str, Any]] = {}
+    backtest_forecasts, _ = usable_backtest(backtest_forecasts)
     if not backtest_forecasts.empty:
-        require_columns(backtest_forecasts, BACKTEST_COLUMNS, "backtest_forecasts")
         frame = backtest_forecasts.sort_values(["server_id", "metric", "origin", "h"], kind="stable")
         error = standardised_errors(frame)
         same_fold = (

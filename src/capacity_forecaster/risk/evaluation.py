@@ -11,7 +11,7 @@ import pandas as pd
 from capacity_forecaster.schema import RISK_LEVELS
 
 from .breach import server_tiers
-from .dependence import BACKTEST_COLUMNS, rho_for
+from .dependence import rho_for, usable_backtest
 from .register import AT_RISK
 from .scoring import breach_columns, count_recent_days
 from .tables import day_numbers, require_columns
@@ -240,12 +240,9 @@ def backtest_risk_flags(  # noqa: PLR0913, PLR0914, PLR0917 - one argument per p
         (series and server level, with lead times), and ``cutoff_scan``: what each probability cut-off would
         have given at server level.
     """
-    if backtest_forecasts.empty:
-        return {
-            "available": False,
-            "note": "no backtest_forecasts (the modelling pipeline writes them): no risk backtest",
-        }
-    require_columns(backtest_forecasts, BACKTEST_COLUMNS, "backtest_forecasts")
+    backtest_forecasts, note = usable_backtest(backtest_forecasts)
+    if note:
+        return {"available": False, "note": f"{note}: no risk backtest"}
     cases, grids = _case_grids(backtest_forecasts)
     rho = rho_for(dependence, cases["metric"])
     result: dict[str, Any] = {
