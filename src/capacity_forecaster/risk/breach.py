@@ -25,7 +25,8 @@ Z90 = 1.2815515655446004
 """Standard normal 90 % quantile: p90 - p50 = Z90 sigma for a normal day."""
 
 _Z_LIMIT = 8.5  # |z| beyond this is certainly (not) above: Phi(8.5) = 1 - 1e-17
-_GAUSS_LEGENDRE = np.polynomial.legendre.leggauss(20)
+_NEGLIGIBLE_Z = 6.0  # a day with z > 6 is above with probability < 1e-9: 90 such days breach with < 1e-7
+_GAUSS_LEGENDRE = np.polynomial.legendre.leggauss(12)
 _SEVERITY = {level: rank for rank, level in enumerate(RISK_LEVELS)}
 
 
@@ -69,7 +70,7 @@ def bivariate_normal_cdf(h: np.ndarray, k: np.ndarray, rho: np.ndarray) -> np.nd
     """P(X <= h, Y <= k) for standard normals with correlation ``rho`` (arrays broadcast together).
 
     Uses Phi2 = Phi(h) Phi(k) + 1/(2 pi) int_0^asin(rho) exp(-(h^2 - 2 h k sin t + k^2) / (2 cos^2 t)) dt,
-    integrated with 20-point Gauss-Legendre (accurate to ~1e-10 for |rho| <= 0.99; tested against scipy).
+    integrated with 12-point Gauss-Legendre (within ~1e-7 for |rho| <= 0.99; tested against scipy).
     """
     h, k, rho = np.broadcast_arrays(np.asarray(h, float), np.asarray(k, float), np.asarray(rho, float))
     nodes, weights = _GAUSS_LEGENDRE
@@ -93,7 +94,7 @@ def breach_probabilities(
         z: Latent thresholds, one row per series and one column per day (``latent_thresholds``).
         rho: Lag-1 latent correlation of each series (0 = independent days, 1 = one shared value).
         min_days: Days above the threshold that make a breach (1 = any day).
-        chunk_size: Series computed at once (bounds memory to ~chunk_size x 20 x 8 bytes per array).
+        chunk_size: Series computed at once (bounds memory to ~chunk_size x 12 x 8 bytes per array).
 
     Returns:
         ``probability`` (per series, over all days) and ``cumulative`` (per series and day: the probability
@@ -105,8 +106,9 @@ def breach_probabilities(
     n_series, n_days = z.shape
     rho = np.broadcast_to(np.clip(np.asarray(rho, dtype=float), -0.99, 1.0), (n_series,))
     cumulative = np.zeros((n_series, n_days))
-    # Series whose every day is certainly below cannot breach; skipping them keeps big fleets cheap.
-    possible = np.flatnonzero((z < _Z_LIMIT).any(axis=1)) if n_days else np.array([], dtype=int)
+    # Series whose every day is below with probability > 1 - 1e-9 get 0 (the union bound is < days x 1e-9);
+    # skipping them keeps big fleets cheap, since most series sit far below the thresholds.
+    possible = np.flatnonzero((z <= _NEGLIGIBLE_Z).any(axis=1)) if n_days else np.array([], dtype=int)
     for start in range(0, len(possible), chunk_size):
         rows = possible[start : start + chunk_size]
         cumulative[rows] = _exceedance_chain(z[rows], rho[rows], min_days)
