@@ -134,13 +134,14 @@ def score_series(  # noqa: PLR0913, PLR0914, PLR0915, PLR0917 - one argument per
     require_columns(clean_server_metrics, ("server_id", "metric", "date", "value"), "clean_server_metrics")
     if clean_server_metrics.empty:
         raise ValueError("clean_server_metrics is empty: run the etl pipeline first")
+    # one factorisation of the ids serves every per-server pass over the (long) history below
+    clean_server_metrics = clean_server_metrics.astype({"server_id": "category", "metric": "category"})
     today = int(day_numbers(pd.Series([analysis_date(clean_server_metrics)]))[0])
+    silent = last_observed_days(clean_server_metrics)
     stale = find_stale_servers(clean_server_metrics, stale_after_days)
     stale_ids = set(stale["server_id"].astype("str"))
     extra = (
-        clean_server_metrics.loc[
-            clean_server_metrics["server_id"].astype("str").isin(stale_ids), ["server_id", "metric"]
-        ]
+        clean_server_metrics.loc[clean_server_metrics["server_id"].isin(stale_ids), ["server_id", "metric"]]
         .drop_duplicates()
         .astype("str")
     )
@@ -237,8 +238,7 @@ def score_series(  # noqa: PLR0913, PLR0914, PLR0915, PLR0917 - one argument per
         ),
         dtype="object",
     )
-    silent = last_observed_days(clean_server_metrics).assign(server_id=lambda f: f["server_id"].astype("str"))
-    silent = silent.set_index("server_id")
+    silent = silent.assign(server_id=silent["server_id"].astype("str")).set_index("server_id")
     out["stale"] = out["server_id"].isin(stale_ids)
     out["last_day"] = out["server_id"].map(silent["last_day"]).astype("datetime64[ns]")
     out["days_silent"] = out["server_id"].map(silent["days_silent"]).astype("Int64")
