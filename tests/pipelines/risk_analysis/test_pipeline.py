@@ -143,21 +143,22 @@ def _write_real_fleet(data_root: Path) -> None:
                 )
             )
             future = pd.date_range(own[-1] + pd.Timedelta(days=1), periods=14, freq="D")
-            forecasts.append(
-                pd.DataFrame(
-                    {
-                        "server_id": server,
-                        "metric": metric,
-                        "date": future,
-                        "model": "trees",
-                        "p10": level - 5,
-                        "p50": level,
-                        "p90": level + 5,
-                        "is_selected": True,
-                        "history_days": len(own),
-                    }
+            if server != "vm-silent":  # modelling does not forecast a stale server from its old last day
+                forecasts.append(
+                    pd.DataFrame(
+                        {
+                            "server_id": server,
+                            "metric": metric,
+                            "date": future,
+                            "model": "trees",
+                            "p10": level - 5,
+                            "p50": level,
+                            "p90": level + 5,
+                            "is_selected": True,
+                            "history_days": len(own),
+                        }
+                    )
                 )
-            )
             for origin in (dates[-29], dates[-15]):
                 days = pd.date_range(origin + pd.Timedelta(days=1), periods=14, freq="D")
                 actual = pd.Series(values, index=dates).reindex(days).to_numpy()
