@@ -45,7 +45,7 @@ def day_numbers(dates: pd.Series | pd.DatetimeIndex | np.ndarray) -> np.ndarray:
 
 
 def dates_of(days: np.ndarray) -> pd.Series:
-    """Datetime column (ns) of day numbers; NaT where the day number is missing (negative sentinel)."""
+    """Datetime column (ns) of day numbers (days since 1970-01-01)."""
     days = np.asarray(days)
     return pd.Series(days.astype("datetime64[D]").astype("datetime64[ns]"))
 
