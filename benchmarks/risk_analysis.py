@@ -313,6 +313,7 @@ def synthetic_fleet(
                     "p50": np.clip(p50 + shift, 0, 100).ravel(),
                     "p90": np.clip(p50 + shift + 6, 0, 100).ravel(),
                     "is_selected": selected,
+                    "history_days": history_days,
                 }
             )
         )

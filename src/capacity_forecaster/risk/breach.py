@@ -126,8 +126,12 @@ def _exceedance_chain(z: np.ndarray, rho: np.ndarray, min_days: int) -> np.ndarr
     cumulative = np.empty((n_series, n_days))
     cumulative[:, 0] = state[:, min_days].sum(axis=1)
     tiny = 1e-300
+    plausible = z <= _NEGLIGIBLE_Z
     for t in range(1, n_days):
-        both = bivariate_normal_cdf(-z[:, t - 1], -z[:, t], rho)  # P(above yesterday and today)
+        # P(above yesterday and today); ~0 unless one of the two days can plausibly be above
+        both = np.zeros(n_series)
+        active = plausible[:, t - 1] | plausible[:, t]
+        both[active] = bivariate_normal_cdf(-z[active, t - 1], -z[active, t], rho[active])
         both = np.clip(
             both, np.maximum(above[:, t - 1] + above[:, t] - 1, 0), np.minimum(above[:, t - 1], above[:, t])
         )

@@ -64,6 +64,25 @@ def breach_columns(
     return probability, median_breach_day(cumulative)
 
 
+def _last_days_frame(silent: pd.DataFrame, today: int) -> pd.DataFrame:
+    """A history with only each server's last observed day (NaN for none) and the analysis date.
+
+    ``find_stale_servers`` reads nothing else, so it gives the same answer on this frame as on the whole
+    history, without a second pass over millions of rows.
+    """
+    last, analysis_day = silent["last_day"], dates_of(np.array([today]))[0]
+    frame = pd.DataFrame(
+        {
+            "server_id": silent["server_id"].to_numpy(),
+            "date": last.fillna(analysis_day).to_numpy(),
+            "value": np.where(last.notna(), 0.0, np.nan),
+        }
+    )
+    # an unobserved value on the analysis date keeps the fleet's last day without changing anyone's last value
+    today_row = frame.head(1).assign(date=analysis_day, value=np.nan)
+    return pd.concat([frame, today_row], ignore_index=True)
+
+
 def _observed(clean: pd.DataFrame) -> pd.DataFrame:
     keep = clean["value"].notna()
     if "is_imputed" in clean.columns:
@@ -79,9 +98,9 @@ def count_recent_days(
     Returns:
         Per threshold label, the count for each row of ``keys`` (``server_id``, ``metric``).
     """
-    observed = _observed(clean)
-    day = day_numbers(observed["date"])
-    recent = observed.loc[(day > last_day - window_days) & (day <= last_day)]
+    first, last = dates_of(np.array([last_day - window_days + 1, last_day]))
+    dates = pd.to_datetime(clean["date"])
+    recent = _observed(clean.loc[(dates >= first) & (dates < last + pd.Timedelta(days=1))])
     index = pd.MultiIndex.from_frame(keys[["server_id", "metric"]].astype("str"))
     position = index.get_indexer(
         pd.MultiIndex.from_arrays([recent["server_id"].astype("str"), recent["metric"].astype("str")])
@@ -105,6 +124,22 @@ def _history_days(
     counts.index = counts.index.set_levels([level.astype("str") for level in counts.index.levels])
     index = pd.MultiIndex.from_frame(keys[["server_id", "metric"]])
     return counts.reindex(index).to_numpy(dtype=float)
+
+
+def _series_ids(rows: pd.DataFrame, clean: pd.DataFrame, stale_ids: set[str]) -> tuple[pd.Series, pd.Series]:
+    """Server and metric of every forecast row, then of each stale server's series that has no forecast.
+
+    Stale servers stay in the register even when modelling gave them no forecast.
+    """
+    server_ids, metrics = rows["server_id"], rows["metric"]
+    if stale_ids:
+        history = clean.loc[clean["server_id"].isin(stale_ids), ["server_id", "metric"]].astype("str")
+        known = pd.MultiIndex.from_arrays([server_ids.astype("str"), metrics.astype("str")]).unique()
+        extra = history.drop_duplicates()
+        extra = extra[~pd.MultiIndex.from_frame(extra).isin(known)]
+        server_ids = pd.concat([server_ids.astype("str"), extra["server_id"]], ignore_index=True)
+        metrics = pd.concat([metrics.astype("str"), extra["metric"]], ignore_index=True)
+    return server_ids, metrics
 
 
 def score_series(  # noqa: PLR0913, PLR0914, PLR0915, PLR0917 - one argument per parameter leaf
@@ -134,22 +169,12 @@ def score_series(  # noqa: PLR0913, PLR0914, PLR0915, PLR0917 - one argument per
     require_columns(clean_server_metrics, ("server_id", "metric", "date", "value"), "clean_server_metrics")
     if clean_server_metrics.empty:
         raise ValueError("clean_server_metrics is empty: run the etl pipeline first")
-    # one factorisation of the ids serves every per-server pass over the (long) history below
-    clean_server_metrics = clean_server_metrics.astype({"server_id": "category", "metric": "category"})
     today = int(day_numbers(pd.Series([analysis_date(clean_server_metrics)]))[0])
     silent = last_observed_days(clean_server_metrics)
-    stale = find_stale_servers(clean_server_metrics, stale_after_days)
+    stale = find_stale_servers(_last_days_frame(silent, today), stale_after_days)
     stale_ids = set(stale["server_id"].astype("str"))
-    extra = (
-        clean_server_metrics.loc[clean_server_metrics["server_id"].isin(stale_ids), ["server_id", "metric"]]
-        .drop_duplicates()
-        .astype("str")
-    )
-    forecast_keys = rows[["server_id", "metric"]].astype("str")
-    extra = extra.merge(forecast_keys.drop_duplicates(), how="left", indicator=True)
-    extra = extra.loc[extra["_merge"] == "left_only", ["server_id", "metric"]]
-    all_ids = pd.concat([forecast_keys, extra], ignore_index=True)
-    all_codes, keys = series_codes(all_ids["server_id"], all_ids["metric"])
+    server_ids, metrics = _series_ids(rows, clean_server_metrics, stale_ids)
+    all_codes, keys = series_codes(server_ids, metrics)
     codes = all_codes[: len(rows)]
 
     day = day_numbers(rows["date"])
