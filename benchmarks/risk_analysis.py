@@ -8,8 +8,10 @@ Usage (from the project root; everything is written under a temp dir, never data
     python benchmarks/risk_analysis.py --skip-speed --chain-root DIR   # reuse a finished chain run in DIR
 
 Accuracy: runs ``kedro run --pipelines data_generation,etl,modelling`` on the default parameters, then
-``risk_analysis`` with the p90 and the p50 basis, and prints precision and recall of the very_high and at-risk
-(very_high or high) flags against ``server_truth`` plus the median days-to-breach errors. When the etl or
+``risk_analysis`` with the default breach-probability cut-offs and with cut-offs 0.3 and 0.7, and prints
+precision and recall of the very_high and at-risk (very_high or high) flags against ``server_truth``, the
+median days-to-breach errors and the risk backtest (flags at past origins vs what happened) when modelling
+wrote ``backtest_forecasts``. When the etl or
 modelling pipelines are not registered yet (``--forecasts stand-in``, or automatically), it says so and uses a
 stand-in instead: a crude ETL (deduplicate, clip, long format) and a least-squares forecaster fitted on the
 history only (trend + weekday + month-end/quarter-end terms, p10/p90 from the residual spread). The stand-in
@@ -165,7 +167,24 @@ def _accuracy_row(evaluation: dict, summary: dict) -> dict[str, object]:
         "consolidation moves": summary["savings"]["servers_moved"],
         "savings USD/month (share)": f"{summary['savings']['monthly_savings_usd']:,.0f} "
         f"({summary['savings']['savings_share']:.1%})",
+        **_backtest_row(evaluation.get("backtest", {})),
     }
+
+
+def _backtest_row(backtest: dict) -> dict[str, object]:
+    """Server-level at-risk precision / recall / median lead time of the risk backtest (past origins)."""
+    if not backtest.get("available"):
+        return {"risk backtest": backtest.get("note", "not run")[:60]}
+    row: dict[str, object] = {
+        "risk backtest origins x fold days": f"{len(backtest['origins'])} x {backtest['fold_horizon_days']}"
+    }
+    for label in ("80", "90"):
+        for source in ("forecast_or_recent", "forecast", "recent"):
+            scores = backtest["thresholds"][label][source]["servers"]
+            row[f"backtest {label} {source} P / R / lead"] = (
+                f"{scores['precision']} / {scores['recall']} / {scores['lead_time']['median_days']}"
+            )
+    return row
 
 
 def run_accuracy(data_root: Path, forecasts: str, reuse: bool = False) -> None:
@@ -200,13 +219,21 @@ def run_accuracy(data_root: Path, forecasts: str, reuse: bool = False) -> None:
         _build_stand_in(data_root)
         print(f"stand-in ETL + forecasts built in {time.perf_counter() - start:.1f} s")
     rows = {}
-    for basis in ("p90", "p50"):
-        seconds, done = _kedro(data_root, "risk_analysis", f"risk_analysis.basis={basis}")
+    for cutoff in (None, 0.3, 0.7):
+        params = (
+            [
+                f"risk_analysis.high_probability_cutoff={cutoff}",
+                f"risk_analysis.very_high_probability_cutoff={cutoff}",
+            ]
+            if cutoff
+            else []
+        )
+        seconds, done = _kedro(data_root, "risk_analysis", *params)
         if done.returncode != 0:
             raise SystemExit(f"risk_analysis failed:\n{done.stderr[-5000:]}")
         evaluation = json.loads((data_root / "08_reporting/risk_evaluation.json").read_text())
         summary = json.loads((data_root / "08_reporting/risk_summary.json").read_text())
-        rows[f"basis {basis}"] = {
+        rows["default cut-offs" if cutoff is None else f"cut-offs {cutoff}"] = {
             **_accuracy_row(evaluation, summary),
             "kedro run risk_analysis (s)": round(seconds, 1),
         }
@@ -286,14 +313,50 @@ def synthetic_fleet(
                     "p50": np.clip(p50 + shift, 0, 100).ravel(),
                     "p90": np.clip(p50 + shift + 6, 0, 100).ravel(),
                     "is_selected": selected,
+                    "history_days": history_days,
                 }
             )
         )
     return {
         "forecasts": pd.concat(frames, ignore_index=True),
+        "backtest_forecasts": _synthetic_backtest(servers, level, hist_dates, rng),
         "clean_server_metrics": clean,
         "server_inventory": inventory,
     }
+
+
+def _synthetic_backtest(
+    servers: np.ndarray, level: np.ndarray, hist_dates: pd.DatetimeIndex, rng: np.random.Generator
+) -> pd.DataFrame:
+    """Two 30-day backtest folds per series (the selected model), actuals with AR(1) errors around p50."""
+    fold_days, n_series = 30, level.size
+    frames = []
+    for origin in (hist_dates[-61], hist_dates[-31]):
+        error = np.empty((n_series, fold_days))
+        error[:, 0] = rng.normal(0, 4.7, n_series)
+        for t in range(1, fold_days):
+            error[:, t] = 0.7 * error[:, t - 1] + rng.normal(0, 4.7 * np.sqrt(1 - 0.49), n_series)
+        p50 = np.repeat(level.reshape(n_series, 1), fold_days, axis=1)
+        codes = np.repeat(np.arange(n_series), fold_days)
+        frames.append(
+            pd.DataFrame(
+                {
+                    "server_id": _labels(servers, codes // len(METRICS)),
+                    "metric": _labels(np.array(METRICS), codes % len(METRICS)),
+                    "origin": origin,
+                    "date": np.tile(
+                        pd.date_range(origin + pd.Timedelta(days=1), periods=fold_days).to_numpy(), n_series
+                    ),
+                    "h": np.tile(np.arange(1, fold_days + 1), n_series),
+                    "model": "trees",
+                    "p10": np.clip(p50 - 6, 0, 100).ravel(),
+                    "p50": np.clip(p50, 0, 100).ravel(),
+                    "p90": np.clip(p50 + 6, 0, 100).ravel(),
+                    "actual": np.clip(p50 + error, 0, 100).ravel(),
+                }
+            )
+        )
+    return pd.concat(frames, ignore_index=True)
 
 
 def run_speed(n_servers: int, history_days: int, data_root: Path) -> None:
@@ -313,17 +376,36 @@ def run_speed(n_servers: int, history_days: int, data_root: Path) -> None:
         timings[name] = (time.perf_counter() - start, time.process_time() - cpu)
         return out
 
+    flags = {
+        "high_threshold": 80.0,
+        "very_high_threshold": 90.0,
+        "high_probability_cutoff": 0.5,
+        "very_high_probability_cutoff": 0.5,
+        "breach_min_days": 1,
+        "recent_window_days": 14,
+        "recent_min_days": 2,
+    }
     score = {
         "forecast_model": "selected",
         "basis": "p90",
-        "high_threshold": 80.0,
-        "very_high_threshold": 90.0,
         "underutilized_threshold": 40.0,
+        **flags,
+        "stale_after_days": 7,
         "horizon": 90,
         "near_term_days": 30,
         **CALENDAR,
     }
-    risk = timed("score_forecast_risk", nodes.score_forecast_risk, fleet["forecasts"], **score)
+    dependence = timed(
+        "estimate_error_dependence", nodes.estimate_error_dependence, fleet["backtest_forecasts"], 0.8, 50
+    )
+    risk = timed(
+        "score_forecast_risk",
+        nodes.score_forecast_risk,
+        fleet["forecasts"],
+        fleet["clean_server_metrics"],
+        dependence,
+        **score,
+    )
     profiles = timed(
         "profile_utilisation",
         nodes.profile_utilisation,
@@ -345,9 +427,19 @@ def run_speed(n_servers: int, history_days: int, data_root: Path) -> None:
         730.0,
         "datacenter",
     )
-    register = timed("build_risk_register", nodes.build_risk_register, risk, profiles, plan)
+    register = timed(
+        "build_risk_register", nodes.build_risk_register, risk, profiles, plan, fleet["server_inventory"]
+    )
     timed("summarise_risk", nodes.summarise_risk, register, report, savings, 20)
-    timed("evaluate_risk_flags", nodes.evaluate_risk_flags, register, pd.DataFrame())
+    backtest = timed(
+        "backtest_risk_flags",
+        nodes.backtest_risk_flags,
+        fleet["backtest_forecasts"],
+        fleet["clean_server_metrics"],
+        dependence,
+        **flags,
+    )
+    timed("evaluate_risk_flags", nodes.evaluate_risk_flags, register, pd.DataFrame(), backtest, dependence)
     total = sum(wall for wall, _ in timings.values())
     cpu_total = sum(cpu for _, cpu in timings.values())
     print(f"  {'node':<22} {'wall':>9} {'CPU':>9}  (CPU share)  CPU = process time, less sensitive to load")
@@ -361,6 +453,7 @@ def run_speed(n_servers: int, history_days: int, data_root: Path) -> None:
 
     for folder, name, frame in (
         ("07_model_output", "forecasts.parquet", fleet["forecasts"]),
+        ("07_model_output", "backtest_forecasts.parquet", fleet["backtest_forecasts"]),
         ("03_primary", "clean_server_metrics.parquet", fleet["clean_server_metrics"]),
     ):
         (data_root / folder).mkdir(parents=True, exist_ok=True)

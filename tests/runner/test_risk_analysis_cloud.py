@@ -16,6 +16,7 @@ from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
 from kedro.runner import SequentialRunner
 
+from capacity_forecaster.pipelines.risk_analysis import create_pipeline as create_risk_analysis
 from tests.pipelines.risk_analysis.test_pipeline import _write_inputs
 
 pytestmark = pytest.mark.slow
@@ -96,9 +97,7 @@ def test_risk_analysis_on_the_local_backend_equals_a_sequential_run(
     with KedroSession.create(project_path=PROJECT, env="cloud") as session:
         session.run(pipeline_names=["risk_analysis"], runner=SequentialRunner())
 
-    from kedro.framework.project import pipelines  # noqa: PLC0415 - after bootstrap_project (fixture)
-
-    n_nodes = len(pipelines["risk_analysis"].nodes)
+    n_nodes = len(create_risk_analysis().nodes)
     assert f"{n_nodes} node(s) in 1 SageMaker job(s) (namespace grouping, local backend)" in log
     assert "Job cf-e2e-risk-analysis Completed" in log
     keys = sorted(

@@ -1,1 +1,3 @@
-"""Capacity-risk math as pure functions of DataFrames, used by the risk_analysis pipeline."""
+"""Capacity-risk rules as library code: breach probabilities and tiers, utilisation profiles and clusters,
+consolidation packing, the risk register and the evaluation of risk flags. The risk_analysis nodes call these.
+"""

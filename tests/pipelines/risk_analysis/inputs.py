@@ -3,21 +3,33 @@
 import numpy as np
 import pandas as pd
 
+from capacity_forecaster.pipelines.risk_analysis.nodes import score_forecast_risk
 from capacity_forecaster.schema import METRICS
 
 ANALYSIS_DATE = pd.Timestamp("2025-12-31")  # last clean day; 2026-01-01 is forecast day 1
 HORIZON = 90
 CALENDAR = {"country": "US", "month_end_business_days": 2, "quarter_end_business_days": 5}
+FLAG_PARAMS = {
+    "high_threshold": 80.0,
+    "very_high_threshold": 90.0,
+    "high_probability_cutoff": 0.5,
+    "very_high_probability_cutoff": 0.5,
+    "breach_min_days": 1,
+    "recent_window_days": 14,
+    "recent_min_days": 2,
+}
 SCORE_PARAMS = {
     "forecast_model": "selected",
     "basis": "p90",
-    "high_threshold": 80.0,
-    "very_high_threshold": 90.0,
     "underutilized_threshold": 40.0,
+    **FLAG_PARAMS,
+    "stale_after_days": 7,
     "horizon": HORIZON,
     "near_term_days": 30,
     **CALENDAR,
 }
+DEPENDENCE = {"fallback": 0.8, "min_pairs": 50, "by_metric": {}}
+"""error_dependence without a backtest: every metric uses the fallback correlation."""
 
 
 def crossing_series(day: int, level: float, base: float = 50.0) -> np.ndarray:
@@ -107,3 +119,15 @@ def archetype_history(archetype: str, rng: np.random.Generator, days: int = 400)
             base = np.full(days, 8.0 + k)
         out[metric] = np.clip(base + rng.normal(0, 1.5, days), 0, 100)
     return out
+
+
+def quiet_history(forecasts: pd.DataFrame, days: int = 30, level: float = 10.0) -> pd.DataFrame:
+    """A flat clean history at ``level`` % ending on ANALYSIS_DATE for every series of ``forecasts``."""
+    keys = forecasts[["server_id", "metric"]].drop_duplicates().itertuples(index=False)
+    return history_frame({(server, metric): np.full(days, level) for server, metric in keys})
+
+
+def score(forecasts: pd.DataFrame, history: pd.DataFrame | None = None, **overrides) -> pd.DataFrame:
+    """score_forecast_risk with SCORE_PARAMS, the fallback dependence and a quiet history unless given."""
+    history = quiet_history(forecasts) if history is None else history
+    return score_forecast_risk(forecasts, history, DEPENDENCE, **{**SCORE_PARAMS, **overrides})

@@ -10,7 +10,6 @@ from capacity_forecaster.pipelines.risk_analysis.nodes import (
     evaluate_risk_flags,
     plan_consolidation,
     profile_utilisation,
-    score_forecast_risk,
     summarise_risk,
 )
 from capacity_forecaster.schema import METRICS
@@ -18,18 +17,22 @@ from capacity_forecaster.schema import METRICS
 from .inputs import (
     ANALYSIS_DATE,
     CALENDAR,
-    SCORE_PARAMS,
+    DEPENDENCE,
     archetype_history,
     crossing_series,
     flat_server,
     forecast_frame,
     history_frame,
     inventory_frame,
+    quiet_history,
+    score,
 )
+
+NO_BACKTEST = {"available": False, "note": "none"}
 
 
 def _score(forecasts: pd.DataFrame, **overrides) -> pd.DataFrame:
-    return score_forecast_risk(forecasts, **{**SCORE_PARAMS, **overrides}).set_index(["server_id", "metric"])
+    return score(forecasts, **overrides).set_index(["server_id", "metric"])
 
 
 def test_crossing_90_on_day_40_is_very_high_with_days_to_90_40():
@@ -58,8 +61,17 @@ def test_peak_between_80_and_90_is_high():
 
 
 def test_exactly_at_the_threshold_is_not_above_it():
-    scored = _score(forecast_frame({("s1", "cpu_p95"): np.full(90, 80.0)}))
-    assert scored.loc[("s1", "cpu_p95"), "risk_level"] == "normal"
+    certain = _score(forecast_frame({("s1", "cpu_p95"): np.full(90, 80.0)}, spread=0.0)).loc[
+        ("s1", "cpu_p95")
+    ]
+    assert certain["risk_level"] == "normal" and certain["prob_above_80"] == 0.0
+    assert pd.isna(certain["days_to_80"])
+
+
+def test_a_p90_on_the_threshold_every_day_is_likely_to_breach_once():
+    # p90 = 80 on 90 days: 10 % a day; even strongly dependent days make a breach more likely than not
+    row = _score(forecast_frame({("s1", "cpu_p95"): np.full(90, 80.0)})).loc[("s1", "cpu_p95")]
+    assert pd.isna(row["days_to_80"]) and row["prob_above_80"] > 0.5 and row["risk_level"] == "high"
 
 
 def test_underutilized_uses_the_mean_not_the_peak():
@@ -91,12 +103,17 @@ def test_server_tier_is_the_most_severe_metric():
     assert tiers == {"hot": ["very_high"], "mixed": ["normal"], "cold": ["underutilized"]}
 
 
-def test_basis_p50_is_less_conservative_than_p90():
+def test_basis_sets_projected_utilization_and_days_not_the_tier():
     forecasts = forecast_frame({("s1", "cpu_p95"): np.full(90, 93.0)}, spread=5.0)  # p50 = 88
-    assert _score(forecasts, basis="p90").loc[("s1", "cpu_p95"), "risk_level"] == "very_high"
+    p90 = _score(forecasts, basis="p90").loc[("s1", "cpu_p95")]
     p50 = _score(forecasts, basis="p50").loc[("s1", "cpu_p95")]
-    assert (p50["risk_level"], p50["projected_utilization"], p50["peak_p90_horizon"]) == ("high", 88.0, 93.0)
-    assert p50["days_to_90_p90"] == 1 and pd.isna(p50["days_to_90_p50"])
+    assert p90["risk_level"] == p50["risk_level"] == "very_high"  # 30 % a day above 90
+    assert (p50["projected_utilization"], p50["peak_p90_horizon"], p90["projected_utilization"]) == (
+        88.0,
+        93.0,
+        93.0,
+    )
+    assert p50["days_to_90_p90"] == 1 and pd.isna(p50["days_to_90_p50"]) and pd.isna(p50["days_to_90"])
 
 
 def test_forecast_model_chooses_the_rows():
@@ -124,9 +141,9 @@ def test_breach_calendar_flags():
 
 
 def test_empty_forecasts_is_a_clear_error():
-    empty = forecast_frame({("s1", "cpu_p95"): np.full(90, 50.0)}).iloc[0:0]
+    one = forecast_frame({("s1", "cpu_p95"): np.full(90, 50.0)})
     with pytest.raises(ValueError, match="forecasts is empty: run the modelling pipeline"):
-        score_forecast_risk(empty, **SCORE_PARAMS)
+        score(one.iloc[0:0], history=quiet_history(one))
 
 
 @pytest.mark.parametrize(
@@ -142,13 +159,13 @@ def test_empty_forecasts_is_a_clear_error():
 def test_bad_parameters_are_clear_errors(thresholds, message):
     forecasts = forecast_frame({("s1", "cpu_p95"): np.full(90, 50.0)})
     with pytest.raises(ValueError, match=message):
-        score_forecast_risk(forecasts, **{**SCORE_PARAMS, **thresholds})
+        score(forecasts, **thresholds)
 
 
 def test_two_selected_models_for_one_series_is_an_error():
     one = forecast_frame({("s1", "cpu_p95"): np.full(90, 50.0)})
     with pytest.raises(ValueError, match="exactly one model per server and metric must be selected"):
-        score_forecast_risk(pd.concat([one, one.assign(model="other")]), **SCORE_PARAMS)
+        score(pd.concat([one, one.assign(model="other")]))
 
 
 # ------------------------------------------------------------------------------------------- consolidation
@@ -175,7 +192,7 @@ def packing_case() -> tuple[pd.DataFrame, pd.DataFrame]:
     series = {
         key: value for s, (_, levels) in PACKING.items() for key, value in flat_server(s, levels).items()
     }
-    scored = score_forecast_risk(forecast_frame(series, spread=0.0), **SCORE_PARAMS)
+    scored = score(forecast_frame(series, spread=0.0))
     inventory = inventory_frame({s: size for s, (size, _) in PACKING.items()}, datacenter={"I": "dc-2"})
     return scored, inventory
 
@@ -214,12 +231,25 @@ def test_a_lower_ceiling_moves_fewer_servers(packing_case):
     assert (plan[["target_cpu_utilization", "target_memory_utilization"]] <= 50.0 + 1e-9).all().all()
 
 
-def test_server_missing_from_inventory_is_a_clear_error(packing_case):
+def test_server_missing_from_inventory_is_analysed_as_unknown_and_not_moved(packing_case):
     scored, inventory = packing_case
-    with pytest.raises(
-        ValueError, match=r"1 server\(s\) in forecasts are not in server_inventory \(e.g. \['H'\]\)"
-    ):
-        plan_consolidation(scored, inventory[inventory["server_id"] != "H"], 75.0, 730.0, "datacenter")
+    partial = inventory[inventory["server_id"] != "B"]
+    plan, summary = plan_consolidation(scored, partial, 75.0, 730.0, "datacenter")
+    assert "B" not in set(plan["server_id"]) | set(plan["target_server_id"])
+    assert summary["excluded"] == [
+        {"server_id": "B", "reason": "not in server_inventory: size and cost unknown"}
+    ]
+    assert summary["servers_without_cost"] == 1
+    history = history_frame(
+        {key: np.full(30, 20.0) for key in zip(scored["server_id"], scored["metric"], strict=True)}
+    )
+    profiles = profile_utilisation(history, 365, 7, 180, **CALENDAR)
+    register = build_risk_register(scored, profiles, plan, partial).set_index(["server_id", "metric"])
+    b = register.loc[("B", "cpu_p95")]
+    assert (
+        not b["in_inventory"] and pd.isna(b["savings_potential"]) and "not in server_inventory" in b["reason"]
+    )
+    assert register.loc[("A", "cpu_p95"), "in_inventory"]
 
 
 # --------------------------------------------------------------------------------------- history profiles
@@ -273,9 +303,8 @@ def test_clusters_without_archetypes_report_no_ari():
 # ----------------------------------------------------------------------------------- register and summary
 def test_register_actions_reasons_and_savings(packing_case):
     scored, inventory = packing_case
-    extra = score_forecast_risk(
-        forecast_frame({("Z", "cpu_p95"): crossing_series(40, 92.0), ("Z", "memory_p95"): np.full(90, 20.0)}),
-        **SCORE_PARAMS,
+    extra = score(
+        forecast_frame({("Z", "cpu_p95"): crossing_series(40, 92.0), ("Z", "memory_p95"): np.full(90, 20.0)})
     )
     scored = pd.concat([scored, extra], ignore_index=True)
     history = history_frame(
@@ -289,7 +318,12 @@ def test_register_actions_reasons_and_savings(packing_case):
         730.0,
         None,
     )
-    register = build_risk_register(scored, profiles, plan).set_index(["server_id", "metric"])
+    register = build_risk_register(
+        scored,
+        profiles,
+        plan,
+        inventory_frame({**{s: size for s, (size, _) in PACKING.items()}, "Z": (4, 16, 0.3)}),
+    ).set_index(["server_id", "metric"])
     assert len(register) == len(scored)
     z_cpu, z_memory = register.loc[("Z", "cpu_p95")], register.loc[("Z", "memory_p95")]
     assert (z_cpu["action"], z_cpu["server_action"]) == ("upgrade now", "upgrade now")
@@ -361,7 +395,7 @@ def _register_and_truth() -> tuple[pd.DataFrame, pd.DataFrame]:
 
 def test_evaluation_against_a_constructed_truth():
     register, truth = _register_and_truth()
-    evaluation = evaluate_risk_flags(register, truth)
+    evaluation = evaluate_risk_flags(register, truth, NO_BACKTEST, DEPENDENCE)
     servers = evaluation["server_level"]
     assert evaluation["truth_available"] and evaluation["servers_scored"] == 4
     # very_high: predicted {a, c}, true {a, b} -> precision 1/2, recall 1/2
@@ -385,19 +419,19 @@ def test_evaluation_against_a_constructed_truth():
 
 def test_evaluation_without_truth_says_so():
     register, _ = _register_and_truth()
-    evaluation = evaluate_risk_flags(register, pd.DataFrame())
+    evaluation = evaluate_risk_flags(register, pd.DataFrame(), NO_BACKTEST, DEPENDENCE)
     assert evaluation["truth_available"] is False and "no ground truth" in evaluation["note"]
 
 
 def test_evaluation_with_truth_of_another_fleet_is_an_error():
     register, truth = _register_and_truth()
     with pytest.raises(ValueError, match="share no"):
-        evaluate_risk_flags(register, truth.assign(server_id="other"))
+        evaluate_risk_flags(register, truth.assign(server_id="other"), NO_BACKTEST, DEPENDENCE)
 
 
 def test_metrics_are_in_schema_order():
     series = {(s, m): np.full(90, 50.0) for s in ("s2", "s1") for m in reversed(METRICS)}
-    scored = score_forecast_risk(forecast_frame(series), **SCORE_PARAMS)
+    scored = score(forecast_frame(series))
     assert scored["metric"].tolist() == list(METRICS) * 2 and scored["server_id"].tolist()[::4] == [
         "s1",
         "s2",
@@ -416,8 +450,13 @@ def test_two_servers_make_one_cluster_without_error():
 
 
 def test_register_keeps_series_without_recent_history():
-    scored = score_forecast_risk(forecast_frame(flat_server("new", {"cpu_p95": 60.0})), **SCORE_PARAMS)
+    scored = score(forecast_frame(flat_server("new", {"cpu_p95": 60.0})))
     history = history_frame({("other", "cpu_p95"): np.full(10, 50.0)})
     plan, _ = plan_consolidation(scored, inventory_frame({"new": (4, 16, 0.2)}), 75.0, 730.0, None)
-    register = build_risk_register(scored, profile_utilisation(history, 365, 7, 180, **CALENDAR), plan)
+    register = build_risk_register(
+        scored,
+        profile_utilisation(history, 365, 7, 180, **CALENDAR),
+        plan,
+        inventory_frame({"new": (4, 16, 0.2)}),
+    )
     assert len(register) == len(METRICS) and register["current_level"].isna().all()

@@ -22,8 +22,14 @@ logger = logging.getLogger(__name__)
 _AT_RISK_LEVELS = ("very_high", "high")
 _OPTIONAL_AT_RISK_COLUMNS = (
     "action",
+    "prob_above_80",
+    "prob_above_90",
+    "expected_breach_date_80",
+    "expected_breach_date_90",
+    "recent_days_above_80",
     "first_date_above_80",
     "first_date_above_90",
+    "history_days",
     "current_level",
     "reason",
 )
@@ -589,6 +595,9 @@ def build_capacity_report(  # noqa: PLR0913, PLR0917 (one argument per node inpu
         (f"${savings:,.0f}", f"monthly savings ({share:.1%} of ${fleet_cost:,.0f})"),
         (f"{len(consolidation_plan):,}", "planned consolidation moves"),
     ]
+    if "stale" in risk_register.columns:
+        stale = risk_register.loc[risk_register["stale"].fillna(False).astype(bool), "server_id"].nunique()
+        cards.append((f"{stale:,}", "stale servers (check monitoring)"))
     card_html = "".join(
         f'<div class="card"><div class="n">{html.escape(number)}</div>'
         f'<div class="l">{html.escape(label)}</div></div>'

@@ -5,8 +5,10 @@ from kedro.pipeline import Node, Pipeline
 from capacity_forecaster.pipelines import CALENDAR_PARAMS
 
 from .nodes import (
+    backtest_risk_flags,
     build_risk_register,
     cluster_servers,
+    estimate_error_dependence,
     evaluate_risk_flags,
     plan_consolidation,
     profile_utilisation,
@@ -16,6 +18,16 @@ from .nodes import (
 from .rightsizing_nodes import recommend_instance_types
 
 _P = "params:risk_analysis."
+_FLAG_PARAMS = {
+    "high_threshold": f"{_P}high_threshold",
+    "very_high_threshold": f"{_P}very_high_threshold",
+    "high_probability_cutoff": f"{_P}high_probability_cutoff",
+    "very_high_probability_cutoff": f"{_P}very_high_probability_cutoff",
+    "breach_min_days": f"{_P}breach_min_days",
+    "recent_window_days": f"{_P}recent_window_days",
+    "recent_min_days": f"{_P}recent_min_days",
+}
+"""The inputs of the flag rule, shared by today's register and the risk backtest at past origins."""
 
 
 def create_pipeline(**kwargs) -> Pipeline:
@@ -23,20 +35,43 @@ def create_pipeline(**kwargs) -> Pipeline:
     return Pipeline(
         [
             Node(
+                func=estimate_error_dependence,
+                inputs={
+                    "backtest_forecasts": "backtest_forecasts",
+                    "fallback_correlation": f"{_P}fallback_correlation",
+                    "min_pairs": f"{_P}dependence_min_pairs",
+                },
+                outputs="error_dependence",
+                name="estimate_error_dependence_node",
+            ),
+            Node(
                 func=score_forecast_risk,
                 inputs={
                     "forecasts": "forecasts",
+                    "clean_server_metrics": "clean_server_metrics",
+                    "error_dependence": "error_dependence",
                     "forecast_model": f"{_P}forecast_model",
                     "basis": f"{_P}basis",
-                    "high_threshold": f"{_P}high_threshold",
-                    "very_high_threshold": f"{_P}very_high_threshold",
                     "underutilized_threshold": f"{_P}underutilized_threshold",
+                    **_FLAG_PARAMS,
+                    "stale_after_days": "params:stale_after_days",
                     "horizon": "params:horizon",
                     "near_term_days": f"{_P}near_term_days",
                     **CALENDAR_PARAMS,
                 },
                 outputs="forecast_risk",
                 name="score_forecast_risk_node",
+            ),
+            Node(
+                func=backtest_risk_flags,
+                inputs={
+                    "backtest_forecasts": "backtest_forecasts",
+                    "clean_server_metrics": "clean_server_metrics",
+                    "error_dependence": "error_dependence",
+                    **_FLAG_PARAMS,
+                },
+                outputs="risk_backtest",
+                name="backtest_risk_flags_node",
             ),
             Node(
                 func=profile_utilisation,
@@ -77,7 +112,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             Node(
                 func=build_risk_register,
-                inputs=["forecast_risk", "utilisation_profiles", "consolidation_plan"],
+                inputs=["forecast_risk", "utilisation_profiles", "consolidation_plan", "server_inventory"],
                 outputs="risk_register",
                 name="build_risk_register_node",
             ),
@@ -94,7 +129,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             Node(
                 func=evaluate_risk_flags,
-                inputs=["risk_register", "server_truth"],
+                inputs=["risk_register", "server_truth", "risk_backtest", "error_dependence"],
                 outputs="risk_evaluation",
                 name="evaluate_risk_flags_node",
             ),
