@@ -157,8 +157,10 @@ class _Display:
 
 @contextmanager
 def _reporter(description: str, total: int | None, unit: str, clock: Callable[[], float]):
-    reporter = _BarReporter(description, total, unit) if on_terminal() else _LogReporter(
-        description, total, unit, clock
+    reporter = (
+        _BarReporter(description, total, unit)
+        if on_terminal()
+        else _LogReporter(description, total, unit, clock)
     )
     try:
         yield reporter
@@ -196,7 +198,9 @@ def track(
 
 
 @contextmanager
-def waiting(description: str, *, clock: Callable[[], float] = time.monotonic) -> Iterator[Callable[[str], None]]:
+def waiting(
+    description: str, *, clock: Callable[[], float] = time.monotonic
+) -> Iterator[Callable[[str], None]]:
     """Shows work of unknown length (polling a job) as a spinner with its state and elapsed time.
 
     Yields a function to call with the current state (e.g. ``"InProgress"``) on every poll; off a terminal a
