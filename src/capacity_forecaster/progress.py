@@ -104,8 +104,8 @@ class _LogReporter:
 class _BarReporter:
     """One row of the shared rich display."""
 
-    def __init__(self, description: str, total: int | None, unit: str):
-        self.description, self.unit = description, unit
+    def __init__(self, description: str, total: int | None):
+        self.description = description
         self.progress = _Display.acquire()
         self.task: TaskID = self.progress.add_task(description, total=total)
         self.progress.refresh()  # drawn at least once, however short the loop
@@ -158,9 +158,7 @@ class _Display:
 @contextmanager
 def _reporter(description: str, total: int | None, unit: str, clock: Callable[[], float]):
     reporter = (
-        _BarReporter(description, total, unit)
-        if on_terminal()
-        else _LogReporter(description, total, unit, clock)
+        _BarReporter(description, total) if on_terminal() else _LogReporter(description, total, unit, clock)
     )
     try:
         yield reporter
