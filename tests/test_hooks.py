@@ -109,7 +109,14 @@ def test_summary_is_printed_unless_quiet(tmp_path: Path, capsys: pytest.CaptureF
 
 
 def test_a_summary_that_fails_is_a_warning(tmp_path: Path, capsys, caplog):
-    catalog = DataCatalog({"risk_summary": JSONDataset(filepath=str(tmp_path / "missing.json"))})
-    _run(RunSummaryHooks(), catalog)
+    broken = tmp_path / "risk_summary.json"
+    broken.write_text("{not json")
+    _run(RunSummaryHooks(), DataCatalog({"risk_summary": JSONDataset(filepath=str(broken))}))
     assert _printed(capsys) == []
     assert "No run summary: DatasetError" in caplog.text
+
+
+def test_no_headline_when_the_run_wrote_nothing(tmp_path: Path, capsys):
+    """A dry run (``SageMakerRunner`` ``dry_run=true``) has risk_summary among its outputs but writes none."""
+    _run(RunSummaryHooks(), DataCatalog({"risk_summary": JSONDataset(filepath=str(tmp_path / "none.json"))}))
+    assert len(_printed(capsys)) == 1

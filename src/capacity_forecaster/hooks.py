@@ -131,11 +131,9 @@ class RunSummaryHooks:
             where = location(dataset)
             if where is None:
                 continue
-            if name in written:
-                lines.append(f"{label}: {where}")
-            elif _exists(dataset):
-                lines.append(f"{label}: {where} (from an earlier run)")
-        if HEADLINE_DATASET in written and HEADLINE_DATASET in catalog:
+            if _exists(dataset):  # a dry run (SageMakerRunner dry_run=true) writes nothing
+                lines.append(f"{label}: {where}" + ("" if name in written else " (from an earlier run)"))
+        if HEADLINE_DATASET in written and _exists(catalog.get(HEADLINE_DATASET)):
             lines += headline(catalog.load(HEADLINE_DATASET))
         return "\n".join(lines)
 
