@@ -2,8 +2,8 @@
 
 The runs are real ``kedro run`` processes on an 8-server fleet with the cheap models and Prophet, writing into
 a temp data root (CF_DATA_ROOT): one with its output piped (as in CI or a SageMaker job log: periodic progress
-log lines, no bars), ``--pipelines risk_analysis`` alone, and Prophet's backtest on a pseudo-terminal (rich bars)
-with ``--params quiet=true`` (no summary).
+log lines, no bars), ``--pipelines risk_analysis`` alone, and Prophet's backtest on a pseudo-terminal (rich
+bars) with ``--params quiet=true`` (no summary).
 """
 
 import json
