@@ -61,8 +61,9 @@ def _command(pipelines: str, params: str = CHEAP_MODELS, *options: str) -> list[
 
 def _environment(data_root: Path) -> dict[str, str]:
     path = os.pathsep.join(p for p in (str(PROJECT_PATH / "src"), os.environ.get("PYTHONPATH")) if p)
-    return {
-        **os.environ,
+    inherited = {k: v for k, v in os.environ.items() if k not in ("FORCE_COLOR", "TTY_COMPATIBLE")}
+    return {  # rich decides bars or log lines from the terminal alone, as for a user
+        **inherited,
         "CF_DATA_ROOT": str(data_root),
         "KEDRO_DISABLE_TELEMETRY": "true",
         "PYTHONPATH": path,
