@@ -5,6 +5,7 @@ from omegaconf.resolvers import oc
 
 from capacity_forecaster.cloud.hooks import S3DatasetHooks
 from capacity_forecaster.cloud.settings import s3_root
+from capacity_forecaster.hooks import RunSummaryHooks
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 # ``oc.env`` lets globals.yml take the data root, bucket and region from CF_* environment variables;
@@ -19,4 +20,5 @@ CONFIG_LOADER_ARGS = {
 }
 
 # S3 datasets (conf/cloud): all-or-nothing saves, clear errors and a bucket check before a run.
-HOOKS = (S3DatasetHooks(),)
+# RunSummaryHooks: what ran, where the report is and the headline, after each run (--params quiet=true: none).
+HOOKS = (S3DatasetHooks(), RunSummaryHooks())

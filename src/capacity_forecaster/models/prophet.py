@@ -11,8 +11,10 @@ from sklearn.utils.validation import check_is_fitted
 
 from capacity_forecaster.calendar import calendar_features, holiday_dates
 from capacity_forecaster.models.base import BaseForecaster, check_long_frame, finalise_quantiles, future_dates
+from capacity_forecaster.progress import track
 
 _REGRESSORS = ("is_month_end", "is_end_of_quarter")
+_CHUNKS_PER_JOB = 10  # fit chunks per joblib worker: the progress of the fits moves in steps of ~10 %
 
 
 def _quiet_stan() -> None:
@@ -151,9 +153,15 @@ class ProphetForecaster(BaseForecaster):
             "uncertainty_samples": self.uncertainty_samples,
         }
         series = list(frame.groupby("unique_id", sort=True))
-        parts = Parallel(n_jobs=self.n_jobs)(
-            delayed(_fit_chunk)(chunk, settings, self._calendar(), holidays)
-            for chunk in _chunks(series, max(1, self.n_jobs))
+        chunks = _chunks(series, min(len(series), max(1, self.n_jobs) * _CHUNKS_PER_JOB))
+        parts = track(
+            Parallel(n_jobs=self.n_jobs, return_as="generator")(
+                delayed(_fit_chunk)(chunk, settings, self._calendar(), holidays) for chunk in chunks
+            ),
+            "Prophet fits",
+            total=len(series),
+            size=len,
+            unit="series",
         )
         self.models_ = {uid: fitted for part in parts for uid, fitted in part.items()}
         self.last_dates_ = frame.groupby("unique_id", sort=True)["ds"].max()

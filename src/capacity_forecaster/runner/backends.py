@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from capacity_forecaster.progress import waiting
 from capacity_forecaster.runner.config import SageMakerSettings
 from capacity_forecaster.runner.constants import CONTAINER_ROOT
 from capacity_forecaster.runner.jobs import JobSpec
@@ -87,15 +88,17 @@ class SageMakerBackend:
         def on_status(status: str, desc: dict[str, Any]) -> None:
             log.info("Job %s is %s after %.0f s", job.name, status, time.monotonic() - started)
 
-        desc = self._client.wait(
-            job.name,
-            poll_s=s.poll_interval_s,
-            backoff=s.poll_backoff,
-            max_poll_s=s.poll_max_interval_s,
-            timeout_s=s.wait_timeout_for(job.resources),
-            log_tail_lines=s.log_tail_lines,
-            on_status=on_status,
-        )
+        with waiting(f"SageMaker job {job.name}") as show_status:
+            desc = self._client.wait(
+                job.name,
+                poll_s=s.poll_interval_s,
+                backoff=s.poll_backoff,
+                max_poll_s=s.poll_max_interval_s,
+                timeout_s=s.wait_timeout_for(job.resources),
+                log_tail_lines=s.log_tail_lines,
+                on_status=on_status,
+                on_poll=show_status,
+            )
         seconds = job_seconds(desc, time.monotonic() - started)
         cost = s.estimate_cost(seconds, job.resources)
         return JobResult(job.name, arn, desc["ProcessingJobStatus"], seconds, cost)

@@ -16,6 +16,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
+from capacity_forecaster.progress import track
 from capacity_forecaster.runner.config import SageMakerSettings
 from capacity_forecaster.runner.constants import LOG_GROUP, QUOTA_CODE, TERMINAL_STATUSES, THROTTLING_CODES
 from capacity_forecaster.runner.jobs import JobSpec
@@ -82,7 +83,12 @@ class S3Store:
         bucket, prefix = split_s3_uri(s3_uri)
         files = []
         paginator = self._s3.get_paginator("list_objects_v2")
-        for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
+        for page in track(
+            paginator.paginate(Bucket=bucket, Prefix=prefix),
+            f"Download {s3_uri}",
+            size=lambda page: len(page.get("Contents", [])),
+            unit="objects",
+        ):
             for obj in page.get("Contents", []):
                 rel = obj["Key"][len(prefix) :].lstrip("/")
                 if not rel:
@@ -277,11 +283,12 @@ class SageMakerClient:
         timeout_s: float = 1200.0,
         log_tail_lines: int = 30,
         on_status: Callable[[str, dict[str, Any]], None] | None = None,
+        on_poll: Callable[[str], None] | None = None,
     ) -> dict[str, Any]:
         """Polls until the job ends; returns the final description when it Completed.
 
         The wait grows by ``backoff`` while the status stays the same, and drops back to ``poll_s`` on a
-        change.
+        change. ``on_status`` is called on each change of status, ``on_poll`` with the status of every poll.
 
         Raises:
             JobFailedError: Failed or Stopped, with ``FailureReason`` and the CloudWatch log tail.
@@ -292,6 +299,8 @@ class SageMakerClient:
         while True:
             desc = self.describe(job_name)
             status = desc["ProcessingJobStatus"]
+            if on_poll:
+                on_poll(status)
             if status != last_status:
                 if on_status:
                     on_status(status, desc)

@@ -16,6 +16,7 @@ from sklearn.base import clone
 from capacity_forecaster.calendar import calendar_features
 from capacity_forecaster.models import FORECASTERS, BaseForecaster
 from capacity_forecaster.models.base import QUANTILE_LEVELS, finalise_quantiles
+from capacity_forecaster.progress import track
 from capacity_forecaster.schema import METRICS, QUANTILES
 
 logger = logging.getLogger(__name__)
@@ -173,7 +174,7 @@ def backtest_forecaster(
     if backtest_folds is not None:
         folds = folds[-backtest_folds:]
     parts, fitted_series, started = [], 0, time.perf_counter()
-    for fold, origin in folds:
+    for fold, origin in track(folds, f"Backtest {alias}", unit="folds"):
         history = model_input[model_input["ds"] <= origin]
         fitted = _fit_per_metric(model, history, metric_jobs)
         forecast = pd.concat(
