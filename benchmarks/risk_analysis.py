@@ -40,6 +40,7 @@ import pyarrow as pa
 
 from capacity_forecaster.calendar import calendar_features
 from capacity_forecaster.pipelines.risk_analysis import nodes
+from capacity_forecaster.risk.rightsizing import RECOMMENDATION_COLUMNS
 from capacity_forecaster.schema import METRICS
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -428,7 +429,13 @@ def run_speed(n_servers: int, history_days: int, data_root: Path) -> None:
         "datacenter",
     )
     register = timed(
-        "build_risk_register", nodes.build_risk_register, risk, profiles, plan, fleet["server_inventory"]
+        "build_risk_register",
+        nodes.build_risk_register,
+        risk,
+        profiles,
+        plan,
+        fleet["server_inventory"],
+        pd.DataFrame(columns=list(RECOMMENDATION_COLUMNS)),
     )
     timed("summarise_risk", nodes.summarise_risk, register, report, savings, 20)
     backtest = timed(

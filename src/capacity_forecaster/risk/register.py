@@ -87,13 +87,29 @@ def reason(row: Any, host_guests: dict[str, int]) -> str:  # noqa: PLR0911 - one
     return f"{text}; no other candidate fits next to it: consider a smaller instance"
 
 
+def _with_rightsizing(register: pd.DataFrame, rightsizing: pd.DataFrame) -> pd.DataFrame:
+    """Adds the server's ``recommended_instance_type``, ``monthly_cost_change_usd`` and ``rightsizing_reason``."""
+    columns = {
+        "recommended_instance_type": "recommended_instance_type",
+        "monthly_cost_change_usd": "monthly_cost_change_usd",
+        "reason": "rightsizing_reason",
+    }
+    per_server = rightsizing.drop_duplicates("server_id").set_index("server_id")
+    for source, target in columns.items():
+        register[target] = register["server_id"].map(per_server[source]) if len(per_server) else np.nan
+    register["monthly_cost_change_usd"] = register["monthly_cost_change_usd"].astype(float)
+    return register
+
+
 def build_register(
     forecast_risk: pd.DataFrame,
     utilisation_profiles: pd.DataFrame,
     consolidation_plan: pd.DataFrame,
     server_inventory: pd.DataFrame,
+    rightsizing: pd.DataFrame,
 ) -> pd.DataFrame:
-    """Joins forecast risk, current level and trend, inventory and the consolidation plan (see the node)."""
+    """Joins forecast risk, current level and trend, inventory, the consolidation plan and the right-sizing
+    recommendations (see the node)."""
     history = utilisation_profiles[["server_id", "metric", "current_level", "monthly_trend"]]
     register = forecast_risk.merge(history, on=["server_id", "metric"], how="left", validate="one_to_one")
     if register["current_level"].isna().any():
@@ -120,7 +136,7 @@ def build_register(
         index=register.index,
         dtype="str",
     )
-    return register
+    return _with_rightsizing(register, rightsizing)
 
 
 def _json_date(value: Any) -> str | None:
@@ -133,6 +149,18 @@ def _json_int(value: Any) -> int | None:
 
 def _json_float(value: Any) -> float | None:
     return None if pd.isna(value) else round(float(value), 4)
+
+
+def _rightsizing_summary(servers: pd.DataFrame) -> dict[str, Any]:
+    """How many servers have a right-sizing recommendation and the summed monthly cost change (USD)."""
+    recommended = servers["recommended_instance_type"].notna() & (servers["recommended_instance_type"] != "")
+    change = servers.loc[recommended, "monthly_cost_change_usd"]
+    return {
+        "servers_with_recommendation": int(recommended.sum()),
+        "downsizes": int((change < 0).sum()),
+        "upsizes": int((change > 0).sum()),
+        "monthly_cost_change_usd": round(float(change.sum()), 2),
+    }
 
 
 def summarise(
@@ -199,5 +227,6 @@ def summarise(
         ),
         "top_at_risk_servers": top,
         "savings": consolidation_summary,
+        "rightsizing": _rightsizing_summary(servers),
         "clusters": {k: v for k, v in cluster_report.items() if k != "features"},
     }

@@ -4,6 +4,7 @@ import numpy as np
 import pandas as pd
 
 from capacity_forecaster.pipelines.risk_analysis.nodes import score_forecast_risk
+from capacity_forecaster.risk.rightsizing import RECOMMENDATION_COLUMNS
 from capacity_forecaster.schema import METRICS
 
 ANALYSIS_DATE = pd.Timestamp("2025-12-31")  # last clean day; 2026-01-01 is forecast day 1
@@ -131,3 +132,17 @@ def score(forecasts: pd.DataFrame, history: pd.DataFrame | None = None, **overri
     """score_forecast_risk with SCORE_PARAMS, the fallback dependence and a quiet history unless given."""
     history = quiet_history(forecasts) if history is None else history
     return score_forecast_risk(forecasts, history, DEPENDENCE, **{**SCORE_PARAMS, **overrides})
+
+
+def rightsizing_frame(recommendations: dict[str, tuple[str, float]] | None = None) -> pd.DataFrame:
+    """``rightsizing_recommendations`` with ``server -> (recommended type, monthly cost change)`` rows."""
+    rows = [
+        {
+            "server_id": server,
+            "recommended_instance_type": kind,
+            "monthly_cost_change_usd": change,
+            "reason": f"fits {kind}",
+        }
+        for server, (kind, change) in (recommendations or {}).items()
+    ]
+    return pd.DataFrame(rows, columns=list(RECOMMENDATION_COLUMNS))

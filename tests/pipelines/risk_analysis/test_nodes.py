@@ -25,6 +25,7 @@ from .inputs import (
     history_frame,
     inventory_frame,
     quiet_history,
+    rightsizing_frame,
     score,
 )
 
@@ -244,7 +245,9 @@ def test_server_missing_from_inventory_is_analysed_as_unknown_and_not_moved(pack
         {key: np.full(30, 20.0) for key in zip(scored["server_id"], scored["metric"], strict=True)}
     )
     profiles = profile_utilisation(history, 365, 7, 180, **CALENDAR)
-    register = build_risk_register(scored, profiles, plan, partial).set_index(["server_id", "metric"])
+    register = build_risk_register(scored, profiles, plan, partial, rightsizing_frame()).set_index(
+        ["server_id", "metric"]
+    )
     b = register.loc[("B", "cpu_p95")]
     assert (
         not b["in_inventory"] and pd.isna(b["savings_potential"]) and "not in server_inventory" in b["reason"]
@@ -323,11 +326,24 @@ def test_register_actions_reasons_and_savings(packing_case):
         profiles,
         plan,
         inventory_frame({**{s: size for s, (size, _) in PACKING.items()}, "Z": (4, 16, 0.3)}),
+        rightsizing_frame({"Z": ("m5.2xlarge", 140.16)}),
     ).set_index(["server_id", "metric"])
     assert len(register) == len(scored)
     z_cpu, z_memory = register.loc[("Z", "cpu_p95")], register.loc[("Z", "memory_p95")]
     assert (z_cpu["action"], z_cpu["server_action"]) == ("upgrade now", "upgrade now")
     assert "first above 90 % on 2026-02-09 (day 40)" in z_cpu["reason"]
+    assert (z_memory["recommended_instance_type"], z_memory["monthly_cost_change_usd"]) == (
+        "m5.2xlarge",
+        140.16,
+    )
+    assert register.drop(index="Z", level="server_id")["recommended_instance_type"].isna().all()
+    rightsizing = summarise_risk(register.reset_index(), {}, {}, 5)["rightsizing"]
+    assert rightsizing == {
+        "servers_with_recommendation": 1,
+        "downsizes": 0,
+        "upsizes": 1,
+        "monthly_cost_change_usd": 140.16,
+    }
     assert z_memory["action"] == "monitor" and "not a consolidation candidate" in z_memory["reason"]
     b = register.loc[("B", "cpu_p95")]
     assert (b["action"], b["target_server_id"]) == ("consolidate", "A")
@@ -458,5 +474,6 @@ def test_register_keeps_series_without_recent_history():
         profile_utilisation(history, 365, 7, 180, **CALENDAR),
         plan,
         inventory_frame({"new": (4, 16, 0.2)}),
+        rightsizing_frame(),
     )
     assert len(register) == len(METRICS) and register["current_level"].isna().all()

@@ -31,6 +31,8 @@ _OPTIONAL_AT_RISK_COLUMNS = (
     "first_date_above_90",
     "history_days",
     "current_level",
+    "recommended_instance_type",
+    "monthly_cost_change_usd",
     "reason",
 )
 _HEATMAP_COLOURS = [  # utilisation 0-100 %: blue below 80 %, orange 80-90 %, red above 90 %
@@ -595,6 +597,14 @@ def build_capacity_report(  # noqa: PLR0913, PLR0917 (one argument per node inpu
         (f"${savings:,.0f}", f"monthly savings ({share:.1%} of ${fleet_cost:,.0f})"),
         (f"{len(consolidation_plan):,}", "planned consolidation moves"),
     ]
+    if "monthly_cost_change_usd" in risk_register.columns:
+        per_server = risk_register.drop_duplicates("server_id")
+        recommended = per_server["recommended_instance_type"].fillna("").astype(str)
+        resized = recommended != ""
+        if resized.any():
+            change = float(per_server.loc[resized, "monthly_cost_change_usd"].sum())
+            label = f"monthly cost change if {resized.sum():,} servers are right-sized"
+            cards.append((f"${change:+,.0f}", label))
     if "stale" in risk_register.columns:
         stale = risk_register.loc[risk_register["stale"].fillna(False).astype(bool), "server_id"].nunique()
         cards.append((f"{stale:,}", "stale servers (check monitoring)"))

@@ -228,14 +228,16 @@ def build_risk_register(
     utilisation_profiles: pd.DataFrame,
     consolidation_plan: pd.DataFrame,
     server_inventory: pd.DataFrame,
+    rightsizing_recommendations: pd.DataFrame,
 ) -> pd.DataFrame:
-    """Joins forecast risk, current level and trend, the inventory and the consolidation plan.
+    """Joins forecast risk, current level and trend, the inventory, the consolidation plan and right-sizing.
 
     Args:
         forecast_risk: Output of ``score_forecast_risk``.
         utilisation_profiles: Output of ``profile_utilisation`` (``current_level``, ``monthly_trend``).
         consolidation_plan: Output of ``plan_consolidation``.
         server_inventory: The inventory (``in_inventory`` is false for servers it lacks).
+        rightsizing_recommendations: Output of ``recommend_instance_types`` (one row per inventory server).
 
     Returns:
         One row per server and metric: the ``forecast_risk`` columns plus ``current_level``,
@@ -243,9 +245,12 @@ def build_risk_register(
         (the server's monthly saving in USD if the plan moves it, NaN when its cost is unknown),
         ``target_server_id``, ``action`` (from the row's tier; ``monitor`` for an underutilized metric of a
         server that is not underutilized; ``check monitoring`` for a stale server), ``server_action`` and
-        ``reason``.
+        ``reason``, and per server ``recommended_instance_type``, ``monthly_cost_change_usd`` and
+        ``rightsizing_reason`` (empty with the reason when nothing fits or the server is not an EC2 type).
     """
-    return register.build_register(forecast_risk, utilisation_profiles, consolidation_plan, server_inventory)
+    return register.build_register(
+        forecast_risk, utilisation_profiles, consolidation_plan, server_inventory, rightsizing_recommendations
+    )
 
 
 def summarise_risk(

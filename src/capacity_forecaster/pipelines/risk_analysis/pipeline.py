@@ -112,7 +112,13 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             Node(
                 func=build_risk_register,
-                inputs=["forecast_risk", "utilisation_profiles", "consolidation_plan", "server_inventory"],
+                inputs=[
+                    "forecast_risk",
+                    "utilisation_profiles",
+                    "consolidation_plan",
+                    "server_inventory",
+                    "rightsizing_recommendations",
+                ],
                 outputs="risk_register",
                 name="build_risk_register_node",
             ),
