@@ -88,7 +88,7 @@ def reason(row: Any, host_guests: dict[str, int]) -> str:  # noqa: PLR0911 - one
 
 
 def _with_rightsizing(register: pd.DataFrame, rightsizing: pd.DataFrame) -> pd.DataFrame:
-    """Adds the server's ``recommended_instance_type``, ``monthly_cost_change_usd`` and ``rightsizing_reason``."""
+    """Adds per server ``recommended_instance_type``, ``monthly_cost_change_usd``, ``rightsizing_reason``."""
     columns = {
         "recommended_instance_type": "recommended_instance_type",
         "monthly_cost_change_usd": "monthly_cost_change_usd",
