@@ -39,7 +39,8 @@ OUTPUTS = {  # persisted outputs of each pipeline -> key in the bucket (the layo
         "forecasts": "forecasts/forecasts.parquet",
         "model_metrics": "forecasts/model_metrics.parquet",
         "model_leaderboard": "forecasts/model_leaderboard.json",
-        "calibrated_backtest": "forecasts/backtest_forecasts.parquet",
+        "calibrated_backtest": "forecasts/calibrated_backtest.parquet",
+        "backtest_forecasts": "forecasts/backtest_forecasts.parquet",
         "model_selection": "forecasts/model_selection.parquet",
     },
     "risk_analysis": {
