@@ -110,6 +110,20 @@ def guarded_scale(raw: float, evidence_folds: int, prior_folds: float, max_scale
     return float(np.clip(shrunk, 1 / max_scale, max_scale))
 
 
+MARGIN_REFERENCE_DAYS = 28
+"""Independent backtest days at or below which the full ensemble margin applies."""
+
+
+def evidence_margin(ensemble_margin: float, independent_folds: int, horizon: int) -> float:
+    """The ensemble margin for the evidence at hand: full up to :data:`MARGIN_REFERENCE_DAYS` independent
+    backtest days, shrinking with the square root of more (like a standard error): 3 independent 90-day folds
+    need a 1.6 % edge where 3 two-week folds need 4.1 %."""
+    days = independent_folds * horizon
+    if days <= MARGIN_REFERENCE_DAYS:
+        return ensemble_margin
+    return ensemble_margin * float(np.sqrt(MARGIN_REFERENCE_DAYS / days))
+
+
 def choose_models(
     means: pd.DataFrame,
     score: str,

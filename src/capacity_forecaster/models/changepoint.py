@@ -131,7 +131,10 @@ class ChangepointRegressionForecaster(BaseForecaster):
         self.last_dates_ = spans["max"]
         self.quantiles_ = np.concatenate([f["quantiles"] for f in fits])[position]  # (series, horizon, 3)
         self.changepoints_ = pd.concat([f["changepoints"] for f in fits], ignore_index=True)
-        self.coefficients_ = pd.concat([f["coefficients"] for f in fits]).reindex(spans.index)
+        columns = [*self._design(pd.DatetimeIndex(spans["max"].iloc[:1]), 1).columns, "changepoint"]
+        self.coefficients_ = pd.concat([f["coefficients"] for f in fits]).reindex(
+            index=spans.index, columns=columns
+        )
         self.seasonal_terms_off_ = pd.concat([f["terms_off"] for f in fits]).reindex(spans.index)
         return self
 

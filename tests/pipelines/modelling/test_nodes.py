@@ -4,15 +4,18 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from capacity_forecaster.models.backtest import choose_models, plan_folds
+from capacity_forecaster.models.backtest import choose_models, evidence_margin, plan_folds
 from capacity_forecaster.pipelines.modelling.nodes import (
     _in_sample_scale,
     assemble_forecasts,
     backtest_forecaster,
     calibrate_intervals,
+    evaluate_backtests,
     fit_forecaster,
     plan_backtest,
+    predict_forecaster,
     prepare_model_input,
+    rank_models,
     score_forecasts,
     select_models,
 )
@@ -268,7 +271,7 @@ def test_selection_covers_every_series_and_says_on_what_basis():
         + [("a", "cpu_p95", "seasonal_naive", 0, 9.0)],  # fold 0 only exists for one model: it does not count
         columns=["server_id", "metric", "model", "fold", "mase"],
     ).assign(archetype="web")
-    plan = {"independent_folds": 2}
+    plan = {"independent_folds": 2, "horizon": 14}
     selection = select_models(metrics, _model_input({"a": 40, "b": 20, "c": 40}), plan, "mase", 0.0, 0.0, 28)
     chosen = selection.set_index("server_id")
     assert chosen["model"].to_dict() == {"a": "prophet", "b": "fallback", "c": "prophet"}
@@ -343,3 +346,29 @@ def test_ensemble_is_the_members_median_where_all_of_them_forecast():
     three_way = assemble_forecasts(model_input, selection, scales, members, 2, one, two, three, baseline)
     median = three_way[three_way["model"] == "ensemble"][["p10", "p50", "p90"]].iloc[0].tolist()
     assert median == [10.0, 40.0, 50.0]  # the median member per quantile, not dragged to 90 by one member
+
+
+def test_the_ensemble_margin_shrinks_with_independent_backtest_days():
+    assert evidence_margin(0.05, 2, 12) == 0.05  # 24 days: weak evidence, the full margin
+    assert evidence_margin(0.05, 3, 90) == pytest.approx(0.05 * np.sqrt(28 / 270))
+
+
+def test_a_fleet_too_short_for_any_fold_is_still_forecast(model_input):
+    short = model_input[model_input["ds"] > model_input["ds"].max() - pd.Timedelta(days=30)]
+    short = short.assign(history_days=30)
+    plan = _plan(short)
+    assert plan["origins"] == 0 and "no origin" in plan["reason"]
+    args = _node_args("seasonal_naive", SMALL["seasonal_naive"])
+    backtest, stats = backtest_forecaster(short, plan, **args)
+    assert backtest.empty and stats["folds"] == 0
+    calibrated, scales = calibrate_intervals(short, plan, True, 0.8, 3.0, 1.0, [], backtest)
+    metrics = evaluate_backtests(calibrated, short, season_length=7, **CALENDAR)
+    selection = select_models(metrics, short, plan, "mase", 0.8, 0.05, 28)
+    assert set(selection["basis"]) == {"no_backtest"}
+    del args["backtest_folds"]
+    fitted, _ = fit_forecaster(short, **args, horizon=H, min_history_days=28)
+    forecasts = assemble_forecasts(short, selection, scales, [], H, predict_forecaster(fitted, H))
+    selected = forecasts[forecasts["is_selected"]]
+    assert set(selected["model"]) == {"seasonal_naive"} and len(selected) == H * short["unique_id"].nunique()
+    leaderboard = rank_models(metrics, selection, plan, "mase", 0.8, 0.05, stats)
+    assert leaderboard["models"] == [] and leaderboard["backtest"]["reason"] == plan["reason"]

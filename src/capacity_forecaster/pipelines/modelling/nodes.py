@@ -17,6 +17,7 @@ from capacity_forecaster.calendar import calendar_features
 from capacity_forecaster.models import FORECASTERS, BaseForecaster
 from capacity_forecaster.models.backtest import (
     choose_models,
+    evidence_margin,
     guarded_scale,
     independent_folds,
     plan_folds,
@@ -560,7 +561,8 @@ def select_models(  # noqa: PLR0913, PLR0917 (one argument per node input)
     A series' own mean score over a few folds is a noisy estimate: picking the per-series winner mostly
     picks noise. The expected score is therefore shrunk towards the model's mean over the servers of the
     same archetype and metric — the more so the fewer independent folds there are — and the ensemble is
-    kept unless another model beats it by ``ensemble_margin`` (``models.backtest.choose_models``). Only
+    kept unless another model beats it by ``ensemble_margin`` (less when the independent backtest days are
+    many: ``models.backtest.evidence_margin``, ``choose_models``). Only
     folds every model was backtested on count. A series without its own backtest gets its group's choice;
     a series with fewer than ``min_history_days`` observed days gets the ``fallback`` model.
 
@@ -593,15 +595,14 @@ def select_models(  # noqa: PLR0913, PLR0917 (one argument per node input)
     if len(model_metrics):
         means = _series_means(_common_folds(model_metrics), selection_metric)
         evidence = backtest_plan["independent_folds"]
-        chosen = choose_models(means, selection_metric, pooling, evidence, ensemble_margin).assign(
-            basis="backtest"
-        )
+        margin = evidence_margin(ensemble_margin, evidence, backtest_plan["horizon"])
+        chosen = choose_models(means, selection_metric, pooling, evidence, margin).assign(basis="backtest")
         groups = means.groupby(["archetype", "metric", "model"], as_index=False)[selection_metric].mean()
         group_choice = choose_models(
-            groups.assign(server_id=groups["archetype"]), selection_metric, 1.0, 0, ensemble_margin
+            groups.assign(server_id=groups["archetype"]), selection_metric, 1.0, 0, margin
         )
         metric_choice = choose_models(
-            groups.assign(server_id="fleet", archetype="fleet"), selection_metric, 1.0, 0, ensemble_margin
+            groups.assign(server_id="fleet", archetype="fleet"), selection_metric, 1.0, 0, margin
         )
         rest = series[~short].merge(chosen[["server_id", "metric"]], how="left", indicator=True)
         rest = rest[rest["_merge"] == "left_only"].drop(columns="_merge")
@@ -642,8 +643,9 @@ def _cross_validated_selection(
     for fold in folds:
         others = common[common["fold"] != fold]
         evidence = independent_folds([offsets[f] for f in others["fold"].unique()], backtest_plan["horizon"])
+        margin = evidence_margin(ensemble_margin, evidence, backtest_plan["horizon"])
         choice = choose_models(
-            _series_means(others, selection_metric), selection_metric, pooling, evidence, ensemble_margin
+            _series_means(others, selection_metric), selection_metric, pooling, evidence, margin
         )[["server_id", "metric", "model"]]
         picked.append(common[common["fold"] == fold].merge(choice, on=["server_id", "metric", "model"]))
     return pd.concat(picked, ignore_index=True).assign(model="selected")
