@@ -89,6 +89,22 @@ def independent_folds(offsets: list[int], horizon: int) -> int:
     return count
 
 
+def recent_folds(offsets: list[int], count: int, horizon: int) -> list[int]:
+    """The ``count`` most recent folds, preferring folds whose windows do not overlap (fold indices, sorted).
+
+    Expensive models are backtested on a few folds only; two overlapping folds are barely two pieces of
+    evidence, so from the most recent fold backwards each next fold is the latest one that does not overlap
+    the folds already taken, and overlapping ones fill up only when no other is left.
+    """
+    order = sorted(range(len(offsets)), key=lambda fold: offsets[fold])  # most recent first
+    taken: list[int] = []
+    for fold in order:
+        if len(taken) < count and all(abs(offsets[fold] - offsets[t]) >= horizon for t in taken):
+            taken.append(fold)
+    taken += [fold for fold in order if fold not in taken][: max(count - len(taken), 0)]
+    return sorted(taken)
+
+
 def weighted_quantile(values: np.ndarray, weights: np.ndarray, q: float) -> float:
     """The ``q`` quantile of ``values`` where each value counts ``weights`` times (NaN when empty)."""
     if len(values) == 0 or weights.sum() <= 0:

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from capacity_forecaster.models.backtest import choose_models, evidence_margin, plan_folds
+from capacity_forecaster.models.backtest import choose_models, evidence_margin, plan_folds, recent_folds
 from capacity_forecaster.pipelines.modelling.nodes import (
     _in_sample_scale,
     assemble_forecasts,
@@ -271,7 +271,7 @@ def test_selection_covers_every_series_and_says_on_what_basis():
         + [("a", "cpu_p95", "seasonal_naive", 0, 9.0)],  # fold 0 only exists for one model: it does not count
         columns=["server_id", "metric", "model", "fold", "mase"],
     ).assign(archetype="web")
-    plan = {"independent_folds": 2, "horizon": 14}
+    plan = {"origin_offsets_days": [60, 50, 40, 30, 14], "horizon": 14}  # folds 3 and 4: independent
     selection = select_models(metrics, _model_input({"a": 40, "b": 20, "c": 40}), plan, "mase", 0.0, 0.0, 28)
     chosen = selection.set_index("server_id")
     assert chosen["model"].to_dict() == {"a": "prophet", "b": "fallback", "c": "prophet"}
@@ -372,3 +372,9 @@ def test_a_fleet_too_short_for_any_fold_is_still_forecast(model_input):
     assert set(selected["model"]) == {"seasonal_naive"} and len(selected) == H * short["unique_id"].nunique()
     leaderboard = rank_models(metrics, selection, plan, "mase", 0.8, 0.05, stats)
     assert leaderboard["models"] == [] and leaderboard["backtest"]["reason"] == plan["reason"]
+
+
+def test_expensive_models_get_recent_folds_that_do_not_overlap():
+    assert recent_folds([42, 35, 28, 21, 14], 2, 14) == [2, 4]  # not 21 and 14, one week apart
+    assert recent_folds([292, 242, 191, 140, 90], 2, 90) == [2, 4]
+    assert recent_folds([20, 15, 10], 2, 14) == [1, 2]  # all overlap: the most recent ones

@@ -21,6 +21,7 @@ from capacity_forecaster.models.backtest import (
     guarded_scale,
     independent_folds,
     plan_folds,
+    recent_folds,
     weighted_quantile,
 )
 from capacity_forecaster.models.base import QUANTILE_LEVELS, finalise_quantiles
@@ -188,7 +189,8 @@ def backtest_forecaster(
         enabled: ``params:modelling.<model>.enabled``; a disabled model returns an empty backtest.
         kind: Forecaster kind (a key of ``capacity_forecaster.models.FORECASTERS``).
         hyperparameters: Keyword arguments of the forecaster class (the dict is the value).
-        backtest_folds: Backtest only the most recent folds (``None`` = all of the plan).
+        backtest_folds: Backtest only this many recent folds, preferring folds that do not overlap
+            (``models.backtest.recent_folds``; ``None`` = all of the plan).
         metric_jobs: Metrics fitted at once, one process each (``params:modelling.<model>.metric_jobs``);
             more than 1 only pays for models that use one core.
         country: ``params:calendar.country``.
@@ -212,9 +214,10 @@ def backtest_forecaster(
     if not enabled:
         logger.info("Model %s is disabled", alias)
         return pd.DataFrame(columns=_BACKTEST_COLUMNS), stats
-    folds = list(enumerate(backtest_plan["origin_offsets_days"]))
+    offsets = backtest_plan["origin_offsets_days"]
+    folds = list(enumerate(offsets))
     if backtest_folds is not None:
-        folds = folds[len(folds) - backtest_folds :] if backtest_folds > 0 else []
+        folds = [(f, offsets[f]) for f in recent_folds(offsets, backtest_folds, backtest_plan["horizon"])]
     series_end = model_input.groupby("unique_id")["ds"].transform("max")
     parts, fitted_series, started = [], 0, time.perf_counter()
     for fold, offset in folds:
@@ -569,7 +572,8 @@ def select_models(  # noqa: PLR0913, PLR0917 (one argument per node input)
     Args:
         model_metrics: Output of ``evaluate_backtests``.
         model_input: Output of ``prepare_model_input`` (every series, its archetype and history_days).
-        backtest_plan: Output of ``plan_backtest`` (``independent_folds``).
+        backtest_plan: Output of ``plan_backtest`` (origin offsets and horizon: the independent folds
+            among the common ones weigh the series' own scores and set the ensemble margin).
         selection_metric: Score column to minimise (``params:modelling.selection_metric``, e.g. ``mase``).
         pooling: ``params:modelling.selection_pooling`` in [0, 1]: 0 trusts each series' own scores as far
             as the folds allow, 1 makes one choice per archetype and metric.
@@ -593,8 +597,10 @@ def select_models(  # noqa: PLR0913, PLR0917 (one argument per node input)
     short = series["history_days"] < min_history_days
     chosen = pd.DataFrame(columns=["server_id", "metric", "model", selection_metric, expected])
     if len(model_metrics):
-        means = _series_means(_common_folds(model_metrics), selection_metric)
-        evidence = backtest_plan["independent_folds"]
+        common = _common_folds(model_metrics)
+        means = _series_means(common, selection_metric)
+        offsets = backtest_plan["origin_offsets_days"]
+        evidence = independent_folds([offsets[f] for f in common["fold"].unique()], backtest_plan["horizon"])
         margin = evidence_margin(ensemble_margin, evidence, backtest_plan["horizon"])
         chosen = choose_models(means, selection_metric, pooling, evidence, margin).assign(basis="backtest")
         groups = means.groupby(["archetype", "metric", "model"], as_index=False)[selection_metric].mean()
