@@ -188,6 +188,12 @@ def test_trees_zero_the_features_of_unidentified_terms_and_train_the_steps_a_sho
     assert len(model.predict(90)) == 180
 
 
+def test_trees_fit_a_panel_shorter_than_their_eight_week_weekday_profile():
+    frame = long_frame(n_series=2, days=40)
+    forecast = QuantileGBMForecaster(max_iter=5, horizon=12, max_train_rows=500).fit(frame).predict(12)
+    assert len(forecast) == 24 and forecast["p50"].notna().all()
+
+
 def test_changepoint_regression_without_a_quarter_end_has_no_quarter_end_effect():
     frame = long_frame(n_series=2, days=77, start=NO_QUARTER_END)
     model = ChangepointRegressionForecaster(horizon=90).fit(frame)

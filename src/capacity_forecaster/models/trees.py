@@ -80,6 +80,8 @@ class _Panel:
         weekday_sum, weekday_count = np.zeros_like(filled), np.zeros_like(filled)
         for weeks in range(8):
             lag = 7 * weeks
+            if lag >= filled.shape[1]:  # a panel shorter than 8 weeks
+                break
             weekday_sum[:, lag:] += filled[:, : filled.shape[1] - lag]
             weekday_count[:, lag:] += observed[:, : filled.shape[1] - lag]
         with np.errstate(invalid="ignore", divide="ignore"):
