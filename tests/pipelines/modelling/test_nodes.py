@@ -272,15 +272,17 @@ def test_selection_covers_every_series_and_says_on_what_basis():
         columns=["server_id", "metric", "model", "fold", "mase"],
     ).assign(archetype="web")
     plan = {"origin_offsets_days": [60, 50, 40, 30, 14], "horizon": 14}  # folds 3 and 4: independent
-    selection = select_models(metrics, _model_input({"a": 40, "b": 20, "c": 40}), plan, "mase", 0.0, 0.0, 28)
+    selection = select_models(
+        metrics, _model_input({"a": 40, "b": 20, "c": 40}), plan, "mase", 0.0, 0.0, 0.65, 28
+    )
     chosen = selection.set_index("server_id")
     assert chosen["model"].to_dict() == {"a": "prophet", "b": "fallback", "c": "prophet"}
     assert chosen["basis"].to_dict() == {"a": "backtest", "b": "short_history", "c": "group"}
     assert chosen.loc["a", "mase"] == pytest.approx(0.8)
     with pytest.raises(ValueError, match="not a model_metrics column"):
-        select_models(metrics, _model_input({"a": 40}), plan, "crps", 0.0, 0.0, 28)
+        select_models(metrics, _model_input({"a": 40}), plan, "crps", 0.0, 0.0, 0.65, 28)
     with pytest.raises(ValueError, match="pooling must be within"):
-        select_models(metrics, _model_input({"a": 40}), plan, "mase", 1.5, 0.0, 28)
+        select_models(metrics, _model_input({"a": 40}), plan, "mase", 1.5, 0.0, 0.65, 28)
 
 
 def test_assemble_flags_exactly_one_model_and_applies_scales():
@@ -363,14 +365,14 @@ def test_a_fleet_too_short_for_any_fold_is_still_forecast(model_input):
     assert backtest.empty and stats["folds"] == 0
     calibrated, scales = calibrate_intervals(short, plan, True, 0.8, 3.0, 1.0, [], backtest)
     metrics = evaluate_backtests(calibrated, short, season_length=7, **CALENDAR)
-    selection = select_models(metrics, short, plan, "mase", 0.8, 0.05, 28)
+    selection = select_models(metrics, short, plan, "mase", 0.8, 0.05, 0.65, 28)
     assert set(selection["basis"]) == {"no_backtest"}
     del args["backtest_folds"]
     fitted, _ = fit_forecaster(short, **args, horizon=H, min_history_days=28)
     forecasts = assemble_forecasts(short, selection, scales, [], H, predict_forecaster(fitted, H))
     selected = forecasts[forecasts["is_selected"]]
     assert set(selected["model"]) == {"seasonal_naive"} and len(selected) == H * short["unique_id"].nunique()
-    leaderboard = rank_models(metrics, selection, plan, "mase", 0.8, 0.05, stats)
+    leaderboard = rank_models(metrics, selection, plan, "mase", 0.8, 0.05, 0.65, stats)
     assert leaderboard["models"] == [] and leaderboard["backtest"]["reason"] == plan["reason"]
 
 
@@ -378,3 +380,15 @@ def test_expensive_models_get_recent_folds_that_do_not_overlap():
     assert recent_folds([42, 35, 28, 21, 14], 2, 14) == [2, 4]  # not 21 and 14, one week apart
     assert recent_folds([292, 242, 191, 140, 90], 2, 90) == [2, 4]
     assert recent_folds([20, 15, 10], 2, 14) == [1, 2]  # all overlap: the most recent ones
+
+
+def test_a_model_whose_intervals_miss_is_not_selected():
+    rows = [("a", "cpu_p95", "ensemble", f, 1.0, 0.8) for f in (3, 4)]
+    rows += [("a", "cpu_p95", "random_forest", f, 0.5, 0.5) for f in (3, 4)]  # far better p50, p10-p90 misses
+    metrics = pd.DataFrame(rows, columns=["server_id", "metric", "model", "fold", "mase", "coverage"])
+    plan = {"origin_offsets_days": [60, 50, 40, 30, 14], "horizon": 14}
+    model_input = _model_input({"a": 40})
+    chosen = select_models(metrics.assign(archetype="web"), model_input, plan, "mase", 0.0, 0.05, 0.65, 28)
+    assert chosen["model"].tolist() == ["ensemble"]
+    lenient = select_models(metrics.assign(archetype="web"), model_input, plan, "mase", 0.0, 0.05, 0.5, 28)
+    assert lenient["model"].tolist() == ["random_forest"]

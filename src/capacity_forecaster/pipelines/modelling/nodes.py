@@ -545,8 +545,15 @@ def _common_folds(model_metrics: pd.DataFrame) -> pd.DataFrame:
     return model_metrics[model_metrics["fold"].isin(common)]
 
 
-def _series_means(common: pd.DataFrame, selection_metric: str) -> pd.DataFrame:
+def _series_means(common: pd.DataFrame, selection_metric: str, min_coverage: float) -> pd.DataFrame:
+    """Each series' mean score per model, without the models whose calibrated p10-p90 coverage on that metric
+    (mean over the folds) stays below ``min_coverage``: their intervals cannot be trusted (kept when no model
+    of the metric reaches it)."""
     keys = ["server_id", "metric", "archetype", "model"]
+    if "coverage" in common:
+        coverage = common.groupby(["metric", "model"])["coverage"].transform("mean")
+        trusted = coverage >= min_coverage
+        common = common[trusted | ~trusted.groupby(common["metric"]).transform("any")]
     return common.groupby(keys, as_index=False)[selection_metric].mean().dropna(subset=[selection_metric])
 
 
@@ -557,6 +564,7 @@ def select_models(  # noqa: PLR0913, PLR0917 (one argument per node input)
     selection_metric: str,
     pooling: float,
     ensemble_margin: float,
+    min_interval_coverage: float,
     min_history_days: int,
 ) -> pd.DataFrame:
     """Picks, per server and metric, the model with the lowest expected backtest ``selection_metric``.
@@ -578,6 +586,8 @@ def select_models(  # noqa: PLR0913, PLR0917 (one argument per node input)
         pooling: ``params:modelling.selection_pooling`` in [0, 1]: 0 trusts each series' own scores as far
             as the folds allow, 1 makes one choice per archetype and metric.
         ensemble_margin: ``params:modelling.ensemble_margin``: relative edge needed over the ensemble.
+        min_interval_coverage: ``params:modelling.min_interval_coverage``: a model whose calibrated backtest
+            p10-p90 coverage on a metric is lower is not selected for it.
         min_history_days: ``params:modelling.min_history_days``.
 
     Returns:
@@ -598,7 +608,7 @@ def select_models(  # noqa: PLR0913, PLR0917 (one argument per node input)
     chosen = pd.DataFrame(columns=["server_id", "metric", "model", selection_metric, expected])
     if len(model_metrics):
         common = _common_folds(model_metrics)
-        means = _series_means(common, selection_metric)
+        means = _series_means(common, selection_metric, min_interval_coverage)
         offsets = backtest_plan["origin_offsets_days"]
         evidence = independent_folds([offsets[f] for f in common["fold"].unique()], backtest_plan["horizon"])
         margin = evidence_margin(ensemble_margin, evidence, backtest_plan["horizon"])
@@ -632,12 +642,13 @@ def select_models(  # noqa: PLR0913, PLR0917 (one argument per node input)
     return selection[["server_id", "metric", "model", selection_metric, expected, "basis"]]
 
 
-def _cross_validated_selection(
+def _cross_validated_selection(  # noqa: PLR0913, PLR0917 (the selection rule's settings)
     model_metrics: pd.DataFrame,
     selection_metric: str,
     pooling: float,
     backtest_plan: dict[str, Any],
     ensemble_margin: float,
+    min_interval_coverage: float,
 ) -> pd.DataFrame:
     """Scores of the selection rule itself: each fold scored with the models chosen on the others."""
     common = _common_folds(model_metrics)
@@ -651,7 +662,11 @@ def _cross_validated_selection(
         evidence = independent_folds([offsets[f] for f in others["fold"].unique()], backtest_plan["horizon"])
         margin = evidence_margin(ensemble_margin, evidence, backtest_plan["horizon"])
         choice = choose_models(
-            _series_means(others, selection_metric), selection_metric, pooling, evidence, margin
+            _series_means(others, selection_metric, min_interval_coverage),
+            selection_metric,
+            pooling,
+            evidence,
+            margin,
         )[["server_id", "metric", "model"]]
         picked.append(common[common["fold"] == fold].merge(choice, on=["server_id", "metric", "model"]))
     return pd.concat(picked, ignore_index=True).assign(model="selected")
@@ -673,6 +688,7 @@ def rank_models(  # noqa: PLR0913, PLR0917 (one argument per node input)
     selection_metric: str,
     pooling: float,
     ensemble_margin: float,
+    min_interval_coverage: float,
     *model_stats: dict[str, Any],
 ) -> dict[str, Any]:
     """Builds the leaderboard: models by backtest MASE, with coverage and fit time, and what was adapted.
@@ -687,6 +703,7 @@ def rank_models(  # noqa: PLR0913, PLR0917 (one argument per node input)
         selection_metric: ``params:modelling.selection_metric``.
         pooling: ``params:modelling.selection_pooling`` (see ``select_models``).
         ensemble_margin: ``params:modelling.ensemble_margin``.
+        min_interval_coverage: ``params:modelling.min_interval_coverage``.
         *model_stats: Each model's backtest stats (``fit_seconds``, ``series_per_second``) and fit summary
             (``seasonal_terms_off``).
 
@@ -718,7 +735,7 @@ def rank_models(  # noqa: PLR0913, PLR0917 (one argument per node input)
         return leaderboard
     common = _common_folds(model_metrics)
     cross_validated = _cross_validated_selection(
-        model_metrics, selection_metric, pooling, backtest_plan, ensemble_margin
+        model_metrics, selection_metric, pooling, backtest_plan, ensemble_margin, min_interval_coverage
     )
     scored = pd.concat([common, cross_validated], ignore_index=True)
     overall = _summarise(scored, ["model"])

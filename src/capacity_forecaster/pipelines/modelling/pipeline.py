@@ -144,6 +144,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "params:modelling.selection_metric",
                     "params:modelling.selection_pooling",
                     "params:modelling.ensemble_margin",
+                    "params:modelling.min_interval_coverage",
                     "params:modelling.min_history_days",
                 ],
                 outputs="model_selection",
@@ -158,6 +159,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "params:modelling.selection_metric",
                     "params:modelling.selection_pooling",
                     "params:modelling.ensemble_margin",
+                    "params:modelling.min_interval_coverage",
                     *[f"{m}_backtest_stats" for m in MODELS],
                     *[f"{m}_fit_summary" for m in MODELS],
                 ],  # fmt: skip
