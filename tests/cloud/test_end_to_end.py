@@ -40,6 +40,7 @@ OUTPUTS = {  # persisted outputs of each pipeline -> key in the bucket (the layo
         "model_metrics": "forecasts/model_metrics.parquet",
         "model_leaderboard": "forecasts/model_leaderboard.json",
         "calibrated_backtest": "forecasts/calibrated_backtest.parquet",
+        "backtest_forecasts": "forecasts/backtest_forecasts.parquet",
         "model_selection": "forecasts/model_selection.parquet",
     },
     "risk_analysis": {

@@ -3,6 +3,7 @@
 import numpy as np
 import pandas as pd
 import pytest
+from prophet.serialize import model_from_json
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 
@@ -12,9 +13,11 @@ from capacity_forecaster.models import (
     ProphetForecaster,
     QuantileGBMForecaster,
     RandomForestForecaster,
+    RecentMeanForecaster,
     SeasonalNaiveForecaster,
 )
-from capacity_forecaster.models.trees import FEATURES, _Panel
+from capacity_forecaster.models.base import terms_off_per_series, unidentified_terms
+from capacity_forecaster.models.trees import FEATURES, TERM_FEATURES, _Panel
 from tests.models.sample_series import long_frame
 
 H = 14
@@ -31,6 +34,7 @@ MODELS = {
     ),
     "prophet": lambda: ProphetForecaster(yearly_seasonality=False, fit_window_days=120, n_jobs=1),
     "changepoint_regression": lambda: ChangepointRegressionForecaster(horizon=H),
+    "fallback": RecentMeanForecaster,
 }
 
 
@@ -135,3 +139,75 @@ def test_direct_features_use_nothing_after_the_origin():
     np.testing.assert_array_equal(X, X_changed)
     np.testing.assert_array_equal(level, level_changed)
     assert X.shape == (180, len(FEATURES))
+
+
+CALENDAR = {"country": "US", "month_end_business_days": 2, "quarter_end_business_days": 5}
+NO_QUARTER_END = pd.Timestamp("2023-04-03")  # 77 days from here end on 2023-06-18, before June's last week
+
+
+def test_terms_a_history_cannot_identify_are_switched_off():
+    short = pd.date_range(NO_QUARTER_END, periods=77)
+    assert unidentified_terms(short, CALENDAR) == {"yearly": True, "quarter_end": True, "month_end": False}
+    two_years = pd.date_range("2022-01-01", periods=730)
+    assert unidentified_terms(two_years, CALENDAR) == {
+        "yearly": False,
+        "quarter_end": False,
+        "month_end": False,
+    }
+    assert unidentified_terms(pd.date_range("2023-05-01", periods=20), CALENDAR)["month_end"]  # May 1-20
+    frame = pd.concat([long_frame(1, 77, start=NO_QUARTER_END), long_frame(1, 800).assign(unique_id="long")])
+    table = terms_off_per_series(frame, CALENDAR, ("yearly", "quarter_end"))
+    assert table.to_dict(orient="index") == {"long": {"yearly": False, "quarter_end": False},
+                                             "s0": {"yearly": True, "quarter_end": True}}  # fmt: skip
+
+
+def test_prophet_leaves_out_yearly_seasonality_and_unseen_calendar_windows():
+    frame = long_frame(n_series=1, days=77, start=NO_QUARTER_END)
+    model = ProphetForecaster(fit_window_days=120, n_jobs=1).fit(frame)  # yearly_seasonality=True asked
+    assert model.seasonal_terms_off_.loc["s0"].to_dict() == {
+        "yearly": True,
+        "quarter_end": True,
+        "month_end": False,
+    }
+    fitted = model_from_json(model.models_["s0"][0])
+    assert "yearly" not in fitted.seasonalities and "weekly" in fitted.seasonalities
+    assert set(fitted.extra_regressors) == {"is_month_end"}
+    assert len(model.predict(90)) == 90  # the forecast crosses a quarter-end without a KeyError
+
+
+def test_trees_zero_the_features_of_unidentified_terms_and_train_the_steps_a_short_history_has():
+    frame = long_frame(n_series=2, days=77, start=NO_QUARTER_END)
+    model = QuantileGBMForecaster(max_iter=5, horizon=90, max_train_rows=1500).fit(frame)
+    assert model.max_step_ == 77 - 28  # 90-day steps cannot be learned from 77 days
+    assert model.seasonal_terms_off_["quarter_end"].all() and model.seasonal_terms_off_["yearly"].all()
+    X = model.origin_features_["X"]
+    for name in (*TERM_FEATURES["quarter_end"], *TERM_FEATURES["yearly"]):
+        assert (X[:, FEATURES.index(name)] == 0).all()
+    assert X[:, FEATURES.index("is_month_end")].any()  # month-ends were seen: kept
+    assert X[:, FEATURES.index("h")].max() == model.max_step_
+    assert len(model.predict(90)) == 180
+
+
+def test_trees_fit_a_panel_shorter_than_their_eight_week_weekday_profile():
+    frame = long_frame(n_series=2, days=40)
+    forecast = QuantileGBMForecaster(max_iter=5, horizon=12, max_train_rows=500).fit(frame).predict(12)
+    assert len(forecast) == 24 and forecast["p50"].notna().all()
+
+
+def test_changepoint_regression_without_a_quarter_end_has_no_quarter_end_effect():
+    frame = long_frame(n_series=2, days=77, start=NO_QUARTER_END)
+    model = ChangepointRegressionForecaster(horizon=90).fit(frame)
+    assert model.seasonal_terms_off_["quarter_end"].all() and not model.seasonal_terms_off_["month_end"].any()
+    assert model.coefficients_["end_of_quarter"].isna().all()
+    assert model.coefficients_["month_end"].notna().all()
+    forecast = model.predict(90)
+    late_june = forecast[forecast["ds"].between("2023-06-26", "2023-06-30")]  # quarter-end, not in history
+    assert len(late_june) == 10 and forecast["p50"].notna().all()
+
+
+def test_fallback_forecasts_the_recent_mean_with_an_interval_that_widens():
+    frame = long_frame(n_series=1, days=10)
+    forecast = RecentMeanForecaster(window_days=7).fit(frame).predict(30)
+    assert np.allclose(forecast["p50"], frame["y"].to_numpy()[-7:].mean())
+    width = (forecast["p90"] - forecast["p10"]).to_numpy()
+    assert width[0] > 2 * 1.28 * 2.0 - 1e-9 and (np.diff(width) > 0).all()

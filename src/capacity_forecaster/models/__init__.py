@@ -2,6 +2,7 @@
 
 from capacity_forecaster.models.base import BaseForecaster
 from capacity_forecaster.models.changepoint import ChangepointRegressionForecaster
+from capacity_forecaster.models.fallback import RecentMeanForecaster
 from capacity_forecaster.models.prophet import ProphetForecaster
 from capacity_forecaster.models.seasonal_naive import SeasonalNaiveForecaster
 from capacity_forecaster.models.trees import (
@@ -17,6 +18,7 @@ FORECASTERS: dict[str, type[BaseForecaster]] = {
     "gradient_boosting": GradientBoostingForecaster,
     "quantile_gbm": QuantileGBMForecaster,
     "changepoint_regression": ChangepointRegressionForecaster,
+    "fallback": RecentMeanForecaster,
 }
 """Model kinds accepted in ``parameters_modelling.yml`` (``modelling.<model>.kind``)."""
 
@@ -28,5 +30,6 @@ __all__ = [
     "ProphetForecaster",
     "QuantileGBMForecaster",
     "RandomForestForecaster",
+    "RecentMeanForecaster",
     "SeasonalNaiveForecaster",
 ]

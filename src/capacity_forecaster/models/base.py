@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator
 
+from capacity_forecaster.calendar import calendar_features
 from capacity_forecaster.schema import QUANTILES
 
 QUANTILE_LEVELS: dict[str, float] = {"p10": 0.1, "p50": 0.5, "p90": 0.9}
@@ -68,3 +69,51 @@ def finalise_quantiles(frame: pd.DataFrame) -> pd.DataFrame:
     out = frame.copy()
     out[list(QUANTILES)] = np.sort(values, axis=1)
     return out
+
+
+SEASONAL_TERMS: tuple[str, ...] = ("yearly", "quarter_end", "month_end")
+"""Calendar terms a history may be too short to identify (see :func:`unidentified_terms`)."""
+
+MIN_YEARLY_DAYS = 730
+"""A yearly pattern is identifiable from two years of history: one year only repeats itself."""
+
+
+def unidentified_terms(dates: pd.DatetimeIndex, calendar: dict) -> dict[str, bool]:
+    """Which seasonal terms one history cannot identify; ``True`` means switch the term off.
+
+    ``yearly``: fewer than :data:`MIN_YEARLY_DAYS` days from first to last day. ``quarter_end`` /
+    ``month_end``: no day of the history lies in an end-of-quarter / month-end window of the calendar.
+
+    Args:
+        dates: The days of the history (one series, or several sharing these days).
+        calendar: ``country, month_end_business_days, quarter_end_business_days`` (``params:calendar``).
+    """
+    days = pd.DatetimeIndex(dates)
+    if days.empty:
+        return dict.fromkeys(SEASONAL_TERMS, True)
+    features = calendar_features(days, **calendar)
+    return {
+        "yearly": (days.max() - days.min()).days + 1 < MIN_YEARLY_DAYS,
+        "quarter_end": not features["is_end_of_quarter"].any(),
+        "month_end": not (features["is_month_end"] & ~features["is_end_of_quarter"]).any(),
+    }
+
+
+def terms_off_per_series(frame: pd.DataFrame, calendar: dict, terms: tuple[str, ...]) -> pd.DataFrame:
+    """:func:`unidentified_terms` of every (gap-free) series of a long frame, for the model's ``terms``.
+
+    Returns:
+        One boolean row per ``unique_id`` (index, sorted) with one column per term in ``terms``.
+    """
+    spans = frame.groupby("unique_id", sort=True)["ds"].agg(["min", "max"])
+    days = pd.date_range(spans["min"].min(), spans["max"].max(), freq="D")
+    features = calendar_features(days, **calendar)
+    eoq = features["is_end_of_quarter"].to_numpy()
+    in_window = {"quarter_end": eoq, "month_end": features["is_month_end"].to_numpy() & ~eoq}
+    first = ((spans["min"] - days[0]).dt.days).to_numpy()
+    last = ((spans["max"] - days[0]).dt.days).to_numpy()
+    table = pd.DataFrame({"yearly": last - first + 1 < MIN_YEARLY_DAYS}, index=spans.index)
+    for term, flags in in_window.items():
+        seen = np.concatenate([[0], np.cumsum(flags)])
+        table[term] = seen[last + 1] - seen[first] == 0
+    return table[list(terms)].astype(bool)

@@ -19,12 +19,14 @@ from capacity_forecaster.models.base import (
     check_long_frame,
     finalise_quantiles,
     future_dates,
+    unidentified_terms,
 )
 
 CHANGEPOINT_KINDS: tuple[str, ...] = ("level", "trend")
 """``level``: the series steps up or down on the changepoint; ``trend``: its slope changes there."""
 
 _DAYS_PER_YEAR = 365.25
+_TERM_COLUMNS = {"quarter_end": "end_of_quarter", "month_end": "month_end"}  # seasonal term -> design column
 
 
 class ChangepointRegressionForecaster(BaseForecaster):
@@ -42,6 +44,9 @@ class ChangepointRegressionForecaster(BaseForecaster):
     p10/p90 are normal quantiles around p50 with the h-step variance
     ``s2 * (1 - phi ** (2 h)) + s2 * leverage_h * (1 + phi) / (1 - phi)``: the AR(1) noise still to come
     plus the uncertainty of the extrapolated fit (its leverage, inflated for autocorrelated residuals).
+
+    A calendar window with no day in a series' history (``unidentified_terms``: e.g. no quarter-end in 77
+    days) is left out of its design and recorded in ``seasonal_terms_off_``.
 
     Series sharing a date range share one design matrix, so a fit is one projection for all of them plus one
     matrix product over all candidate changepoints (the SSE drop of each candidate follows from the
@@ -126,8 +131,19 @@ class ChangepointRegressionForecaster(BaseForecaster):
         self.last_dates_ = spans["max"]
         self.quantiles_ = np.concatenate([f["quantiles"] for f in fits])[position]  # (series, horizon, 3)
         self.changepoints_ = pd.concat([f["changepoints"] for f in fits], ignore_index=True)
-        self.coefficients_ = pd.concat([f["coefficients"] for f in fits]).reindex(spans.index)
+        columns = [*self._design(pd.DatetimeIndex(spans["max"].iloc[:1]), 1).columns, "changepoint"]
+        self.coefficients_ = pd.concat([f["coefficients"] for f in fits]).reindex(
+            index=spans.index, columns=columns
+        )
+        self.seasonal_terms_off_ = pd.concat([f["terms_off"] for f in fits]).reindex(spans.index)
         return self
+
+    def _calendar(self) -> dict:
+        return {
+            "country": self.country,
+            "month_end_business_days": self.month_end_business_days,
+            "quarter_end_business_days": self.quarter_end_business_days,
+        }
 
     def predict(self, h: int) -> pd.DataFrame:
         """Returns ``unique_id, ds, p10, p50, p90`` for the ``h`` days after each series' last day."""
@@ -176,7 +192,8 @@ class ChangepointRegressionForecaster(BaseForecaster):
     def _fit_group(self, ids: pd.Index, dates: pd.DatetimeIndex, y: np.ndarray) -> dict:
         """Fits series sharing ``dates`` (history + horizon); ``y`` is ``(series, history days)``."""
         n = y.shape[1]
-        design = self._design(dates, n)
+        off = unidentified_terms(dates[:n], self._calendar())
+        design = self._design(dates, n).drop(columns=[_TERM_COLUMNS[t] for t in _TERM_COLUMNS if off[t]])
         design = design.loc[:, design.iloc[:n].abs().sum() > 0]  # e.g. no holiday in a short history
         X = design.to_numpy()
         basis = _orthonormal_basis(X[:n])
@@ -218,6 +235,7 @@ class ChangepointRegressionForecaster(BaseForecaster):
             "quantiles": quantiles,
             "changepoints": changepoints,
             "coefficients": coefficients,
+            "terms_off": pd.DataFrame({t: off[t] for t in _TERM_COLUMNS}, index=ids),
         }
 
 

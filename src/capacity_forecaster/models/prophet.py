@@ -10,10 +10,17 @@ from prophet.serialize import model_from_json, model_to_json
 from sklearn.utils.validation import check_is_fitted
 
 from capacity_forecaster.calendar import calendar_features, holiday_dates
-from capacity_forecaster.models.base import BaseForecaster, check_long_frame, finalise_quantiles, future_dates
+from capacity_forecaster.models.base import (
+    SEASONAL_TERMS,
+    BaseForecaster,
+    check_long_frame,
+    finalise_quantiles,
+    future_dates,
+    terms_off_per_series,
+)
 from capacity_forecaster.progress import track
 
-_REGRESSORS = ("is_month_end", "is_end_of_quarter")
+_REGRESSORS = {"is_month_end": "month_end", "is_end_of_quarter": "quarter_end"}  # regressor -> its term
 _CHUNKS_PER_JOB = 10  # fit chunks per joblib worker: the progress of the fits moves in steps of ~10 %
 
 
@@ -32,24 +39,33 @@ def _regressors(dates: pd.Series, calendar: dict) -> pd.DataFrame:
 
 
 def _fit_chunk(
-    series: list[tuple[str, pd.DataFrame]], settings: dict, calendar: dict, holidays: pd.DataFrame
+    series: list[tuple[str, pd.DataFrame]],
+    settings: dict,
+    calendar: dict,
+    holidays: pd.DataFrame,
+    terms_off: dict[str, dict[str, bool]],
 ):
-    """Fits one Prophet per series; returns ``{unique_id: (model JSON, residual p10/p90)}``."""
+    """Fits one Prophet per series; returns ``{unique_id: (model JSON, residual p10/p90)}``.
+
+    A term in ``terms_off[unique_id]`` (yearly, quarter_end, month_end) is left out of that series' model.
+    """
     _quiet_stan()
     fitted = {}
     for uid, frame in series:
+        off = terms_off[uid]
         model = Prophet(
             growth="linear",
             weekly_seasonality=settings["weekly_seasonality"],
-            yearly_seasonality=settings["yearly_seasonality"],
+            yearly_seasonality=False if off["yearly"] else settings["yearly_seasonality"],
             daily_seasonality=False,
             holidays=holidays,
             changepoint_prior_scale=settings["changepoint_prior_scale"],
             interval_width=0.8,
             uncertainty_samples=settings["uncertainty_samples"],
         )
-        for regressor in _REGRESSORS:
-            model.add_regressor(regressor, mode="additive")
+        for regressor, term in _REGRESSORS.items():
+            if not off[term]:
+                model.add_regressor(regressor, mode="additive")
         history = _regressors(frame["ds"], calendar).assign(y=frame["y"].to_numpy())
         model.fit(history, algorithm="LBFGS")
         residual = history["y"].to_numpy() - model.predict(history.assign(y=np.nan).drop(columns="y"))["yhat"]
@@ -84,6 +100,10 @@ def _chunks(items: list, n: int) -> list[list]:
 
 class ProphetForecaster(BaseForecaster):
     """One Prophet model per ``unique_id``, fitted on a trailing window in parallel with joblib.
+
+    Terms a series' history cannot identify (yearly seasonality on less than two years, the end-of-quarter
+    or month-end regressor without such a day in the history) are switched off for that series and
+    recorded in ``seasonal_terms_off_`` (``unique_id`` x term, True = off).
 
     p10/p90 are Prophet's 80 % interval when ``uncertainty_samples > 0``; with 0 (the fast default) they are
     the 10 %/90 % quantiles of the in-sample residuals around the forecast. Fitted models are kept as
@@ -152,11 +172,13 @@ class ProphetForecaster(BaseForecaster):
             "changepoint_prior_scale": self.changepoint_prior_scale,
             "uncertainty_samples": self.uncertainty_samples,
         }
+        self.seasonal_terms_off_ = terms_off_per_series(frame, self._calendar(), SEASONAL_TERMS)
+        terms_off = self.seasonal_terms_off_.to_dict(orient="index")
         series = list(frame.groupby("unique_id", sort=True))
         chunks = _chunks(series, min(len(series), max(1, self.n_jobs) * _CHUNKS_PER_JOB))
         parts = track(
             Parallel(n_jobs=self.n_jobs, return_as="generator")(
-                delayed(_fit_chunk)(chunk, settings, self._calendar(), holidays) for chunk in chunks
+                delayed(_fit_chunk)(chunk, settings, self._calendar(), holidays, terms_off) for chunk in chunks
             ),
             "Prophet fits",
             total=len(series),

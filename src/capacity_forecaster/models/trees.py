@@ -4,7 +4,9 @@ Every training row is a triple (series, origin ``T``, step ``h``) and its target
 series' 28-day mean at the origin. Features use only values at or before the origin (the origin's level,
 trend and volatility, the weekday and last-year values at or before ``T``, the past month-end and
 end-of-quarter uplift) plus the target date's calendar and ``h`` itself, so a 90-day forecast never sees a
-value the forecaster could not have seen at its origin.
+value the forecaster could not have seen at its origin. Seasonal features a series' history cannot identify
+(``unidentified_terms``: a yearly pattern on less than two years, no quarter-end or month-end day seen) are
+zero for that series; histories shorter than the horizon train the steps they can and reuse the longest.
 """
 
 from typing import Any
@@ -16,7 +18,13 @@ from sklearn.utils.validation import check_is_fitted
 from threadpoolctl import threadpool_limits
 
 from capacity_forecaster.calendar import calendar_features
-from capacity_forecaster.models.base import BaseForecaster, check_long_frame, finalise_quantiles, future_dates
+from capacity_forecaster.models.base import (
+    MIN_YEARLY_DAYS,
+    BaseForecaster,
+    check_long_frame,
+    finalise_quantiles,
+    future_dates,
+)
 
 FEATURES: tuple[str, ...] = (
     "h", "level", "last", "mean_7", "std_28", "trend_28", "trend_91", "seasonal_naive", "weekday_profile",
@@ -24,6 +32,13 @@ FEATURES: tuple[str, ...] = (
     "day_of_month", "is_month_end", "is_end_of_quarter", "days_to_quarter_end", "is_holiday",
 )  # fmt: skip
 """Columns of the direct design matrix, in order."""
+
+TERM_FEATURES: dict[str, tuple[str, ...]] = {
+    "yearly": ("month", "year_ago", "has_year_ago"),
+    "quarter_end": ("quarter_end_uplift", "is_end_of_quarter", "days_to_quarter_end"),
+    "month_end": ("month_end_uplift", "is_month_end", "day_of_month"),
+}
+"""Features of each seasonal term; they are zero on the rows of a series whose history cannot identify it."""
 
 _HORIZON_BUCKETS = np.array([7, 14, 28, 56])  # residual quantiles of RF/GB are kept per bucket of h
 
@@ -44,6 +59,7 @@ class _Panel:
         self.last = np.zeros(len(self.ids), dtype=int)
         np.maximum.at(self.last, rows, cols)
         self.calendar = calendar_features(self.dates, **calendar)
+        self.terms_off = self._terms_off()
         observed = ~np.isnan(self.values)
         filled = np.where(observed, self.values, 0.0)
         zero = np.zeros((len(self.ids), 1))
@@ -64,10 +80,22 @@ class _Panel:
         weekday_sum, weekday_count = np.zeros_like(filled), np.zeros_like(filled)
         for weeks in range(8):
             lag = 7 * weeks
+            if lag >= filled.shape[1]:  # a panel shorter than 8 weeks
+                break
             weekday_sum[:, lag:] += filled[:, : filled.shape[1] - lag]
             weekday_count[:, lag:] += observed[:, : filled.shape[1] - lag]
         with np.errstate(invalid="ignore", divide="ignore"):
             self.weekday_mean = weekday_sum / weekday_count  # mean of the same weekday over 8 weeks up to t
+
+    def _terms_off(self) -> pd.DataFrame:
+        """``unidentified_terms`` of each series' span (rows in ``ids`` order, one column per term)."""
+        eoq = self.calendar["is_end_of_quarter"].to_numpy()
+        table = {"yearly": self.last - self.first + 1 < MIN_YEARLY_DAYS}
+        month_end = self.calendar["is_month_end"].to_numpy() & ~eoq
+        for term, flags in (("quarter_end", eoq), ("month_end", month_end)):
+            seen = np.concatenate([[0], np.cumsum(flags)])
+            table[term] = seen[self.last + 1] - seen[self.first] == 0
+        return pd.DataFrame(table, index=self.ids)[list(TERM_FEATURES)]
 
     @staticmethod
     def _window(cum: np.ndarray, rows: np.ndarray, end: np.ndarray, days: int) -> np.ndarray:
@@ -98,16 +126,20 @@ class _Panel:
         return np.where(ok, self.values[rows, np.clip(cols, 0, None)], np.nan)
 
     def design(
-        self, rows: np.ndarray, origins: np.ndarray, steps: np.ndarray
+        self, rows: np.ndarray, origins: np.ndarray, steps: np.ndarray, max_step: int | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Builds the feature matrix for (series, origin column, step) triples; returns ``(X, level)``."""
+        """Builds the feature matrix for (series, origin column, step) triples; returns ``(X, level)``.
+
+        The feature ``h`` is capped at ``max_step`` (the longest step trained on); the features of a seasonal
+        term are zero on the rows of series in ``terms_off``.
+        """
         target = origins + steps
         seasons = -(-steps // 7)
         level = self.mean(rows, origins, 28)
         year_ago = self.value(rows, target - 364) - self.mean(rows, origins - 364, 28)
         cal = self.calendar.iloc[target]
         columns = {
-            "h": steps,
+            "h": steps if max_step is None else np.minimum(steps, max_step),
             "level": level,
             "last": self.value(rows, origins) - level,
             "mean_7": self.mean(rows, origins, 7) - level,
@@ -128,6 +160,10 @@ class _Panel:
             "days_to_quarter_end": cal["days_to_quarter_end"].to_numpy(),
             "is_holiday": cal["is_holiday"].to_numpy(),
         }
+        for term, names in TERM_FEATURES.items():
+            off = self.terms_off[term].to_numpy()[rows]
+            for name in names:
+                columns[name] = np.where(off, 0.0, columns[name])
         X = np.column_stack([np.asarray(columns[name], dtype="float64") for name in FEATURES])
         return np.nan_to_num(X, nan=0.0), level
 
@@ -146,7 +182,7 @@ class _DirectForecaster(BaseForecaster):
         """Samples (series, origin, step) triples with an observed target day."""
         n = self.max_train_rows * 2  # oversample, then drop rows without a target
         rows = rng.integers(0, len(panel.ids), n)
-        steps = rng.integers(1, self.horizon + 1, n)
+        steps = rng.integers(1, self.max_step_ + 1, n)
         lo = np.maximum(panel.first[rows] + 27, panel.last[rows] - self.train_window_days)
         hi = panel.last[rows] - steps
         ok = hi >= lo
@@ -156,9 +192,7 @@ class _DirectForecaster(BaseForecaster):
         ok = ~np.isnan(target)
         keep = np.flatnonzero(ok)[: self.max_train_rows]
         if len(keep) == 0:
-            raise ValueError(
-                f"no training rows: every series needs more than 28 + horizon ({self.horizon}) days"
-            )
+            raise ValueError("no training rows: at least one series needs more than 28 days of history")
         return rows[keep], origins[keep], steps[keep], target[keep]
 
     def fit(self, df: pd.DataFrame) -> "_DirectForecaster":
@@ -167,19 +201,22 @@ class _DirectForecaster(BaseForecaster):
         needed = pd.Timedelta(days=self.train_window_days + 400)  # features look back at most 364 + 28 days
         frame = frame[frame["ds"] > frame.groupby("unique_id")["ds"].transform("max") - needed]
         panel = _Panel(frame, self.horizon, self._calendar())
+        # A short history cannot teach the longest steps: train the steps it can, reuse the last beyond.
+        self.max_step_ = int(np.clip((panel.last - panel.first - 27).max(), 1, self.horizon))
         rng = np.random.default_rng(self.random_state)
         rows, origins, steps, target = self._training_rows(panel, rng)
-        X, level = panel.design(rows, origins, steps)
+        X, level = panel.design(rows, origins, steps, self.max_step_)
         self._fit_estimators(X, target - level, steps, rng)
         self.last_dates_ = frame.groupby("unique_id", sort=True)["ds"].max()
         self.origin_features_ = self._origin_state(panel)
+        self.seasonal_terms_off_ = panel.terms_off.sort_index()
         return self
 
     def _origin_state(self, panel: _Panel) -> dict:
         """Keeps the design rows of each series' last day for every step, so predict needs no history."""
         steps = np.tile(np.arange(1, self.horizon + 1), len(panel.ids))
         rows = np.repeat(np.arange(len(panel.ids)), self.horizon)
-        X, level = panel.design(rows, panel.last[rows], steps)
+        X, level = panel.design(rows, panel.last[rows], steps, self.max_step_)
         return {"X": X.astype("float32"), "level": level}
 
     def predict(self, h: int) -> pd.DataFrame:

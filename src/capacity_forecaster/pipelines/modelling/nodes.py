@@ -15,6 +15,15 @@ from sklearn.base import clone
 
 from capacity_forecaster.calendar import calendar_features
 from capacity_forecaster.models import FORECASTERS, BaseForecaster
+from capacity_forecaster.models.backtest import (
+    choose_models,
+    evidence_margin,
+    guarded_scale,
+    independent_folds,
+    plan_folds,
+    recent_folds,
+    weighted_quantile,
+)
 from capacity_forecaster.models.base import QUANTILE_LEVELS, finalise_quantiles
 from capacity_forecaster.progress import track
 from capacity_forecaster.schema import METRICS, QUANTILES
@@ -41,13 +50,18 @@ _SCORES = (
 def prepare_model_input(clean_server_metrics: pd.DataFrame, server_inventory: pd.DataFrame) -> pd.DataFrame:
     """Turns the clean long table into the models' long frame, with gaps filled for fitting only.
 
+    Each series runs from its first to its own last clean day (observed, not imputed): a server onboarded
+    late starts late and a server that stopped reporting ends early, so its forecast starts the day after
+    its own last clean day (``capacity_forecaster.freshness`` decides elsewhere whether it is stale).
+
     Args:
-        clean_server_metrics: ``server_id, metric, date, value`` (complete daily calendar; NaN in long gaps).
+        clean_server_metrics: ``server_id, metric, date, value[, is_imputed]`` (daily calendar; NaN in gaps).
         server_inventory: ``server_id, archetype`` (+ other columns, unused).
 
     Returns:
-        ``unique_id, server_id, metric, archetype, ds, y, is_observed``: ``y`` is ``value`` with NaN gaps
-        linearly interpolated (ends carried), ``is_observed`` is False where ``value`` was NaN (never scored).
+        ``unique_id, server_id, metric, archetype, ds, y, is_observed, history_days``: ``y`` is ``value`` with
+        NaN gaps linearly interpolated, ``is_observed`` is False where ``value`` was NaN (never scored) and
+        ``history_days`` counts the series' observed days.
     """
     missing = {"server_id", "metric", "date", "value"} - set(clean_server_metrics.columns)
     if missing:
@@ -55,15 +69,28 @@ def prepare_model_input(clean_server_metrics: pd.DataFrame, server_inventory: pd
     unknown = set(clean_server_metrics["metric"].astype(str)) - set(METRICS)
     if unknown:
         raise ValueError(f"clean_server_metrics has unknown metrics {sorted(unknown)}; expected {METRICS}")
+    imputed = (
+        clean_server_metrics["is_imputed"].astype(bool).to_numpy()
+        if "is_imputed" in clean_server_metrics
+        else np.zeros(len(clean_server_metrics), dtype=bool)
+    )
     frame = pd.DataFrame(
         {
             "server_id": clean_server_metrics["server_id"].astype(str).to_numpy(),
             "metric": clean_server_metrics["metric"].astype(str).to_numpy(),
             "ds": pd.to_datetime(clean_server_metrics["date"]).dt.normalize().to_numpy(),
             "value": clean_server_metrics["value"].astype("float64").to_numpy(),
+            "clean": clean_server_metrics["value"].notna().to_numpy() & ~imputed,
         }
     ).sort_values(["server_id", "metric", "ds"], ignore_index=True)
     frame["unique_id"] = frame["server_id"] + _SEPARATOR + frame["metric"]
+    clean_days = frame["ds"].where(frame["clean"])
+    by_series = clean_days.groupby(frame["unique_id"], sort=False)
+    empty = frame.loc[by_series.transform("count") == 0, "unique_id"].unique()
+    if len(empty):
+        logger.warning("Dropping %d series without any clean value: %s", len(empty), list(empty[:5]))
+    inside = (frame["ds"] >= by_series.transform("min")) & (frame["ds"] <= by_series.transform("max"))
+    frame = frame[inside].reset_index(drop=True)
     archetypes = server_inventory.assign(server_id=server_inventory["server_id"].astype(str)).set_index(
         "server_id"
     )["archetype"]
@@ -72,36 +99,50 @@ def prepare_model_input(clean_server_metrics: pd.DataFrame, server_inventory: pd
     frame["y"] = frame.groupby("unique_id", sort=False)["value"].transform(
         lambda s: s.interpolate(limit_direction="both")
     )
-    empty = frame.loc[frame["y"].isna(), "unique_id"].unique()
-    if len(empty):
-        logger.warning("Dropping %d series without any observed value: %s", len(empty), list(empty[:5]))
-        frame = frame[~frame["unique_id"].isin(empty)]
+    frame["history_days"] = frame.groupby("unique_id", sort=False)["clean"].transform("sum").astype("int64")
     logger.info("Model input: %d series, %d rows", frame["unique_id"].nunique(), len(frame))
-    return frame[["unique_id", "server_id", "metric", "archetype", "ds", "y", "is_observed"]].reset_index(
-        drop=True
-    )
+    columns = ["unique_id", "server_id", "metric", "archetype", "ds", "y", "is_observed", "history_days"]
+    return frame[columns]
 
 
-def backtest_origins(
-    last_date: pd.Timestamp, n_days: int, n_origins: int, holdout_share: float, horizon: int
-):
-    """Evenly spaced forecast origins in the last ``holdout_share`` of history, each leaving a full horizon.
+def plan_backtest(  # noqa: PLR0913, PLR0917 (one argument per node input)
+    model_input: pd.DataFrame,
+    horizon: int,
+    n_origins: int,
+    holdout_share: float,
+    min_train_days: int,
+    spacing_days: int,
+    min_origins: int,
+) -> dict[str, Any]:
+    """Chooses the backtest folds the fleet's histories can support (``models.backtest.plan_folds``).
+
+    The plan is sized on the median series length and applied relative to each series' own last day.
+
+    Args:
+        model_input: Output of ``prepare_model_input``.
+        horizon: Requested days ahead (``params:horizon``); the final forecasts always cover it.
+        n_origins: Requested origins (``params:modelling.backtest.n_origins``).
+        holdout_share: Share of history holding the origins (``params:modelling.backtest.holdout_share``).
+        min_train_days: History every fold keeps before its origin (``...backtest.min_train_days``).
+        spacing_days: Least days between two origins (``...backtest.spacing_days``).
+        min_origins: Origins kept by shortening the backtest horizon first (``...backtest.min_origins``).
 
     Returns:
-        A ``DatetimeIndex`` of ``n_origins`` origins, oldest first.
-
-    Raises:
-        ValueError: When the history is too short for one full horizon after the earliest origin.
+        The plan (see ``plan_folds``) plus ``analysis_date`` and the ``origin_dates`` of series ending on it.
     """
-    holdout = max(int(round(n_days * holdout_share)), horizon)
-    latest = last_date - pd.Timedelta(days=horizon)
-    earliest = last_date - pd.Timedelta(days=holdout)
-    if n_days - holdout < 2 * horizon // 3 or n_origins < 1:
-        raise ValueError(
-            f"history of {n_days} days is too short to backtest {n_origins} origins with horizon {horizon}"
-        )
-    offsets = np.linspace(0, (latest - earliest).days, n_origins).round().astype(int)
-    return pd.DatetimeIndex(sorted({earliest + pd.Timedelta(days=int(d)) for d in offsets}))
+    lengths = model_input.groupby("unique_id")["ds"].agg(["min", "max"])
+    days = int(((lengths["max"] - lengths["min"]).dt.days + 1).median())
+    plan = plan_folds(days, horizon, n_origins, holdout_share, min_train_days, spacing_days, min_origins)
+    last = model_input["ds"].max()
+    plan["analysis_date"] = str(last.date())
+    plan["origin_dates"] = [str((last - pd.Timedelta(days=o)).date()) for o in plan["origin_offsets_days"]]
+    if plan["reason"]:
+        logger.warning("Backtest adapted to the history: %s", plan["reason"])
+    logger.info(
+        "Backtest plan: %d origins (%s), horizon %d days, %d independent folds",
+        plan["origins"], ", ".join(plan["origin_dates"]), plan["horizon"], plan["independent_folds"],
+    )  # fmt: skip
+    return plan
 
 
 def _make_forecaster(kind: str, hyperparameters: dict[str, Any], **shared: Any) -> BaseForecaster:
@@ -120,34 +161,39 @@ def _fit_per_metric(model: BaseForecaster, frame: pd.DataFrame, metric_jobs: int
     return dict(zip(metrics, fitted, strict=True))
 
 
+def _long_enough(frame: pd.DataFrame, min_days: int) -> pd.DataFrame:
+    """Rows of the series with at least ``min_days`` days in ``frame``."""
+    return frame[frame.groupby("unique_id")["ds"].transform("size") >= min_days]
+
+
 def backtest_forecaster(
     model_input: pd.DataFrame,
+    backtest_plan: dict[str, Any],
     *,
     enabled: bool,
     kind: str,
     hyperparameters: dict[str, Any],
     backtest_folds: int | None,
-    horizon: int,
     metric_jobs: int,
-    n_origins: int,
-    holdout_share: float,
     country: str,
     month_end_business_days: int,
     quarter_end_business_days: int,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """Rolling-origin backtest: for each origin, fit on data up to it only and forecast ``horizon`` days.
+    """Rolling-origin backtest: per fold, fit on each series' history up to its origin and forecast ahead.
+
+    A fold's origin is ``origin_offsets_days[fold]`` days before each series' own last day; series with
+    fewer than ``min_train_days`` days before it sit the fold out.
 
     Args:
         model_input: Output of ``prepare_model_input``.
+        backtest_plan: Output of ``plan_backtest`` (origins and the backtest horizon).
         enabled: ``params:modelling.<model>.enabled``; a disabled model returns an empty backtest.
         kind: Forecaster kind (a key of ``capacity_forecaster.models.FORECASTERS``).
         hyperparameters: Keyword arguments of the forecaster class (the dict is the value).
-        backtest_folds: Backtest only the most recent folds (``None`` = all ``n_origins``).
-        horizon: Days ahead (``params:horizon``).
+        backtest_folds: Backtest only this many recent folds, preferring folds that do not overlap
+            (``models.backtest.recent_folds``; ``None`` = all of the plan).
         metric_jobs: Metrics fitted at once, one process each (``params:modelling.<model>.metric_jobs``);
             more than 1 only pays for models that use one core.
-        n_origins: Origins (``params:modelling.backtest.n_origins``).
-        holdout_share: Share of history holding the origins (``params:modelling.backtest.holdout_share``).
         country: ``params:calendar.country``.
         month_end_business_days: ``params:calendar.month_end_business_days``.
         quarter_end_business_days: ``params:calendar.quarter_end_business_days``.
@@ -155,10 +201,11 @@ def backtest_forecaster(
     Returns:
         The backtest forecasts (``unique_id, metric, fold, origin, ds, model, p10..p90``) and timing stats.
     """
+    horizon = backtest_plan["horizon"]
     model = _make_forecaster(
         kind,
         hyperparameters,
-        horizon=horizon,
+        horizon=max(horizon, 1),
         country=country,
         month_end_business_days=month_end_business_days,
         quarter_end_business_days=quarter_end_business_days,
@@ -168,29 +215,35 @@ def backtest_forecaster(
     if not enabled:
         logger.info("Model %s is disabled", alias)
         return pd.DataFrame(columns=_BACKTEST_COLUMNS), stats
-    last, first = model_input["ds"].max(), model_input["ds"].min()
-    origins = backtest_origins(last, (last - first).days + 1, n_origins, holdout_share, horizon)
-    folds = list(enumerate(origins))
+    offsets = backtest_plan["origin_offsets_days"]
+    folds = list(enumerate(offsets))
     if backtest_folds is not None:
-        folds = folds[-backtest_folds:]
+        folds = [(f, offsets[f]) for f in recent_folds(offsets, backtest_folds, backtest_plan["horizon"])]
+    series_end = model_input.groupby("unique_id")["ds"].transform("max")
     parts, fitted_series, started = [], 0, time.perf_counter()
-    for fold, origin in track(folds, f"Backtest {alias}", unit="folds"):
-        history = model_input[model_input["ds"] <= origin]
+    for fold, offset in track(folds, f"Backtest {alias}", unit="folds"):
+        history = model_input[model_input["ds"] <= series_end - pd.Timedelta(days=offset)]
+        history = _long_enough(history, backtest_plan["min_train_days"])
+        if history.empty:
+            continue
         fitted = _fit_per_metric(model, history, metric_jobs)
         forecast = pd.concat(
             [forecaster.predict(horizon).assign(metric=metric) for metric, forecaster in fitted.items()],
             ignore_index=True,
         )
-        fitted_series += history["unique_id"].nunique()
-        parts.append(forecast.assign(fold=fold, origin=origin, model=alias))
+        origins = history.groupby("unique_id")["ds"].max()
+        fitted_series += len(origins)
+        parts.append(forecast.assign(fold=fold, origin=forecast["unique_id"].map(origins), model=alias))
     seconds = time.perf_counter() - started
     stats.update(
-        folds=len(folds), series=fitted_series, fit_seconds=round(seconds, 3),
+        folds=len(parts), series=fitted_series, fit_seconds=round(seconds, 3),
         series_per_second=round(fitted_series / seconds, 3) if seconds > 0 else float("nan"),
     )  # fmt: skip
     logger.info(
-        "Backtested %s: %d folds, %d series fits in %.1f s", alias, len(folds), fitted_series, seconds
+        "Backtested %s: %d folds, %d series fits in %.1f s", alias, len(parts), fitted_series, seconds
     )
+    if not parts:
+        return pd.DataFrame(columns=_BACKTEST_COLUMNS), stats
     return pd.concat(parts, ignore_index=True)[_BACKTEST_COLUMNS], stats
 
 
@@ -202,14 +255,18 @@ def fit_forecaster(
     hyperparameters: dict[str, Any],
     horizon: int,
     metric_jobs: int,
+    min_history_days: int,
     country: str,
     month_end_business_days: int,
     quarter_end_business_days: int,
-) -> dict[str, BaseForecaster]:
+) -> tuple[dict[str, BaseForecaster], dict[str, Any]]:
     """Fits the forecaster on all history, one fitted clone per metric (``metric_jobs`` at a time).
 
+    Series with fewer than ``min_history_days`` observed days are left to the fallback model.
+
     Returns:
-        ``{metric: fitted forecaster}`` (empty when the model is disabled).
+        ``{metric: fitted forecaster}`` (empty when the model is disabled) and a summary: ``model, series``,
+        ``seasonal_terms_off`` (``{term: series}`` switched off because the history cannot identify them).
     """
     model = _make_forecaster(
         kind,
@@ -219,9 +276,17 @@ def fit_forecaster(
         month_end_business_days=month_end_business_days,
         quarter_end_business_days=quarter_end_business_days,
     )
-    if not enabled:
-        return {}
-    return _fit_per_metric(model, model_input, metric_jobs)
+    summary: dict[str, Any] = {"model": model.alias, "series": 0, "seasonal_terms_off": {}}
+    frame = model_input[model_input["history_days"] >= min_history_days]
+    if not enabled or frame.empty:
+        return {}, summary
+    fitted = _fit_per_metric(model, frame, metric_jobs)
+    terms = [f.seasonal_terms_off_ for f in fitted.values() if hasattr(f, "seasonal_terms_off_")]
+    off = pd.concat(terms).sum().astype(int).to_dict() if terms else {}
+    summary.update(series=int(frame["unique_id"].nunique()), seasonal_terms_off=off)
+    if any(off.values()):
+        logger.info("%s switched off seasonal terms (series per term): %s", model.alias, off)
+    return fitted, summary
 
 
 def predict_forecaster(forecaster: dict[str, BaseForecaster], horizon: int) -> pd.DataFrame:
@@ -243,12 +308,15 @@ def predict_forecaster(forecaster: dict[str, BaseForecaster], horizon: int) -> p
 
 
 def _ensemble(frame: pd.DataFrame, members: list[str], keys: list[str]) -> pd.DataFrame:
-    """Equal-weight mean of the members' p10/p50/p90 wherever every member forecast the same key."""
+    """Median of the members' p10/p50/p90 (the mean for two) wherever every member forecast the same key.
+
+    The median of diverse members is robust: one member that breaks on a series does not carry it away.
+    """
     rows = frame[frame["model"].isin(members)]
     if not members or rows.empty:
         return frame.iloc[0:0]
     grouped = rows.groupby(keys, as_index=False, sort=False)
-    mean = grouped[list(QUANTILES)].mean().merge(grouped.size(), on=keys)
+    mean = grouped[list(QUANTILES)].median().merge(grouped.size(), on=keys)
     mean = mean[mean["size"] == len(set(members))].drop(columns="size")
     return finalise_quantiles(mean.assign(model="ensemble"))
 
@@ -269,61 +337,84 @@ def _scale_interval(frame: pd.DataFrame, scale: np.ndarray) -> pd.DataFrame:
     return finalise_quantiles(out)
 
 
-def calibrate_intervals(
+def calibrate_intervals(  # noqa: PLR0913, PLR0917 (one argument per node input)
     model_input: pd.DataFrame,
+    backtest_plan: dict[str, Any],
     calibrate: bool,
     target_coverage: float,
+    max_interval_scale: float,
+    interval_prior_folds: float,
     ensemble_members: list[str],
     *backtests: pd.DataFrame,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Scales each model's p10-p90 interval per metric to cover ``target_coverage`` of actuals.
 
     The scale is a conformal factor: the ``target_coverage`` quantile of how far each actual lies outside
-    (or inside) the interval, relative to its half-width. The backtest itself is cross-fitted — fold ``k``
-    is rescaled with the factor of the other folds only — so its coverage stays an honest estimate; the
-    factor of all folds is what ``assemble_forecasts`` applies to the final forecasts.
+    (or inside) the interval, relative to its half-width. Overlapping folds share days, so each actual day
+    of a series counts once in total (its folds split the weight), and the factor is shrunk towards 1 by
+    the number of independent folds behind it and capped (``models.backtest.guarded_scale``): one window
+    never rescales an interval 3x-26x. The backtest itself is cross-fitted — fold ``k`` is rescaled with
+    the factor of the folds that do not overlap it (all others when every fold does) — so its coverage
+    stays an honest estimate; the factor of all folds is what ``assemble_forecasts`` applies.
 
     Args:
         model_input: Output of ``prepare_model_input`` (the actuals).
+        backtest_plan: Output of ``plan_backtest`` (origin offsets, horizon, independent folds).
         calibrate: ``params:modelling.calibrate_intervals``; False keeps every interval as the model made it.
         target_coverage: ``params:modelling.target_coverage`` (0.8 for p10-p90).
-        ensemble_members: ``params:modelling.ensemble_members``: models whose equal-weight mean is scored
+        max_interval_scale: ``params:modelling.max_interval_scale``: the factor stays within [1/x, x].
+        interval_prior_folds: ``params:modelling.interval_prior_folds``: folds' worth of belief in scale 1.
+        ensemble_members: ``params:modelling.ensemble_members``: models whose median is scored
             (and selectable) as the model ``ensemble`` on the folds they share; empty for none.
         *backtests: Backtest forecasts of every model.
 
     Returns:
         The (cross-fitted) calibrated backtest forecasts with ``y`` and ``is_observed`` joined, and
-        ``model, metric, scale`` for the final forecasts.
+        ``model, metric, scale, raw_scale`` for the final forecasts.
     """
     frames = [b for b in backtests if len(b)]
+    columns = ["unique_id", "metric", "fold", "origin", "ds", "model", *QUANTILES, "y", "is_observed",
+               "server_id", "archetype"]  # fmt: skip
     if not frames:
-        raise ValueError("no backtest forecasts: enable at least one model")
+        logger.warning("No backtest forecasts (no model enabled or no fold): intervals are not calibrated")
+        return pd.DataFrame(columns=columns), pd.DataFrame(columns=["model", "metric", "scale", "raw_scale"])
     backtest = pd.concat(frames, ignore_index=True)
     keys = ["unique_id", "metric", "fold", "origin", "ds"]
     backtest = pd.concat([backtest, _ensemble(backtest, ensemble_members, keys)], ignore_index=True).merge(
         model_input[["unique_id", "ds", "y", "is_observed", "server_id", "archetype"]], on=["unique_id", "ds"]
     )
+    offsets = dict(enumerate(backtest_plan["origin_offsets_days"]))
+    horizon = backtest_plan["horizon"]
+
+    def guard(ratio: np.ndarray, weight: np.ndarray, folds: list[int]) -> tuple[float, float]:
+        raw = weighted_quantile(ratio, weight, target_coverage)
+        evidence = independent_folds([offsets[f] for f in folds], horizon)
+        return raw, guarded_scale(raw, evidence, interval_prior_folds, max_interval_scale)
+
     scales, parts = [], []
     for (model, metric), group in backtest.groupby(["model", "metric"], sort=True):
         observed = group["is_observed"].to_numpy(bool)
-        ratio = _interval_ratio(group, group["y"].to_numpy())
-        if not calibrate:
-            scales.append({"model": model, "metric": metric, "scale": 1.0})
+        if not calibrate or not observed.any():
+            scales.append({"model": model, "metric": metric, "scale": 1.0, "raw_scale": float("nan")})
             parts.append(group)
             continue
-        scales.append(
-            {"model": model, "metric": metric, "scale": float(np.quantile(ratio[observed], target_coverage))}
-        )
-        fold_scale = np.ones(len(group))
+        ratio = _interval_ratio(group, group["y"].to_numpy())
+        weight = 1.0 / group.groupby(["unique_id", "ds"])["fold"].transform("size").to_numpy()
         fold_values = group["fold"].to_numpy()
-        for fold in np.unique(fold_values):
-            others = observed & (fold_values != fold)
-            if others.any():
-                fold_scale[fold_values == fold] = np.quantile(ratio[others], target_coverage)
+        folds = sorted(int(f) for f in np.unique(fold_values))
+        raw, scale = guard(ratio[observed], weight[observed], folds)
+        scales.append({"model": model, "metric": metric, "scale": scale, "raw_scale": raw})
+        fold_scale = np.ones(len(group))
+        for fold in folds:
+            others = [f for f in folds if f != fold and abs(offsets[f] - offsets[fold]) >= horizon]
+            others = others or [f for f in folds if f != fold]
+            rows = observed & np.isin(fold_values, others)
+            if rows.any():
+                fold_scale[fold_values == fold] = guard(ratio[rows], weight[rows], others)[1]
         parts.append(_scale_interval(group, fold_scale))
     scale_table = pd.DataFrame(scales)
-    logger.info("Interval scales per model and metric:\n%s", scale_table.to_string(index=False))
-    return pd.concat(parts, ignore_index=True), scale_table
+    logger.info("Interval scales per model and metric:\n%s", scale_table.round(3).to_string(index=False))
+    return pd.concat(parts, ignore_index=True)[columns], scale_table
 
 
 def _in_sample_scale(model_input: pd.DataFrame, origins: pd.DataFrame, season_length: int) -> pd.DataFrame:
@@ -420,6 +511,8 @@ def evaluate_backtests(
         ``score_forecasts``, the same prefixed ``eoq_`` for end-of-quarter days, and ``days, eoq_days``.
     """
     observed = calibrated_backtest[calibrated_backtest["is_observed"].astype(bool)]
+    if observed.empty:
+        return pd.DataFrame(columns=["server_id", "metric", "archetype", "model", "fold", "origin", *_SCORES])
     dates = pd.DatetimeIndex(observed["ds"].unique())
     calendar = calendar_features(dates, country, month_end_business_days, quarter_end_business_days)
     eoq = observed["ds"].map(calendar.set_index("date")["is_end_of_quarter"]).astype(bool).to_numpy()
@@ -453,54 +546,129 @@ def _common_folds(model_metrics: pd.DataFrame) -> pd.DataFrame:
     return model_metrics[model_metrics["fold"].isin(common)]
 
 
-def select_models(model_metrics: pd.DataFrame, selection_metric: str, pooling: float) -> pd.DataFrame:
+def _series_means(common: pd.DataFrame, selection_metric: str, min_coverage: float) -> pd.DataFrame:
+    """Each series' mean score per model, without the models whose calibrated p10-p90 coverage on that metric
+    (mean over the folds) stays below ``min_coverage``: their intervals cannot be trusted (kept when no model
+    of the metric reaches it)."""
+    keys = ["server_id", "metric", "archetype", "model"]
+    if "coverage" in common:
+        coverage = common.groupby(["metric", "model"])["coverage"].transform("mean")
+        trusted = coverage >= min_coverage
+        common = common[trusted | ~trusted.groupby(common["metric"]).transform("any")]
+    return common.groupby(keys, as_index=False)[selection_metric].mean().dropna(subset=[selection_metric])
+
+
+def select_models(  # noqa: PLR0913, PLR0917 (one argument per node input)
+    model_metrics: pd.DataFrame,
+    model_input: pd.DataFrame,
+    backtest_plan: dict[str, Any],
+    selection_metric: str,
+    pooling: float,
+    ensemble_margin: float,
+    min_interval_coverage: float,
+    min_history_days: int,
+) -> pd.DataFrame:
     """Picks, per server and metric, the model with the lowest expected backtest ``selection_metric``.
 
-    A series' own mean score over a few 90-day folds is a noisy estimate: picking the per-series winner
-    mostly picks noise. The expected score is therefore partially pooled — ``pooling`` of it is the
-    model's mean over the servers of the same archetype and metric, the rest the series' own mean — so a
-    model wins a series on its own evidence only when that evidence is strong. Only folds that every model
-    was backtested on count; ties go to the model listed first alphabetically.
+    A series' own mean score over a few folds is a noisy estimate: picking the per-series winner mostly
+    picks noise. The expected score is therefore shrunk towards the model's mean over the servers of the
+    same archetype and metric — the more so the fewer independent folds there are — and the ensemble is
+    kept unless another model beats it by ``ensemble_margin`` (less when the independent backtest days are
+    many: ``models.backtest.evidence_margin``, ``choose_models``). Only
+    folds every model was backtested on count. A series without its own backtest gets its group's choice;
+    a series with fewer than ``min_history_days`` observed days gets the ``fallback`` model.
 
     Args:
         model_metrics: Output of ``evaluate_backtests``.
+        model_input: Output of ``prepare_model_input`` (every series, its archetype and history_days).
+        backtest_plan: Output of ``plan_backtest`` (origin offsets and horizon: the independent folds
+            among the common ones weigh the series' own scores and set the ensemble margin).
         selection_metric: Score column to minimise (``params:modelling.selection_metric``, e.g. ``mase``).
-        pooling: ``params:modelling.selection_pooling`` in [0, 1]: 0 trusts each series' own scores only,
-            1 makes one choice per archetype and metric.
+        pooling: ``params:modelling.selection_pooling`` in [0, 1]: 0 trusts each series' own scores as far
+            as the folds allow, 1 makes one choice per archetype and metric.
+        ensemble_margin: ``params:modelling.ensemble_margin``: relative edge needed over the ensemble.
+        min_interval_coverage: ``params:modelling.min_interval_coverage``: a model whose calibrated backtest
+            p10-p90 coverage on a metric is lower is not selected for it.
+        min_history_days: ``params:modelling.min_history_days``.
 
     Returns:
-        ``server_id, metric, model, <selection_metric>, expected_<selection_metric>``: one row per server
-        and metric, with the series' own mean score and the pooled one it was chosen by.
+        ``server_id, metric, model, <selection_metric>, expected_<selection_metric>, basis``: one row per
+        series; ``basis`` is ``backtest`` (own folds and group), ``group`` (its group's choice, no own
+        folds) or ``short_history`` (fallback).
     """
-    if selection_metric not in model_metrics.columns:
+    if selection_metric not in model_metrics.columns and len(model_metrics):
         raise ValueError(f"selection_metric {selection_metric!r} is not a model_metrics column")
     if not 0 <= pooling <= 1:
         raise ValueError(f"selection pooling must be within [0, 1], got {pooling}")
-    common = _common_folds(model_metrics)
-    keys = ["server_id", "metric", "archetype", "model"]
-    means = common.groupby(keys, as_index=False)[selection_metric].mean().dropna(subset=[selection_metric])
-    pooled = means.groupby(["archetype", "metric", "model"])[selection_metric].transform("mean")
     expected = f"expected_{selection_metric}"
-    means[expected] = (1 - pooling) * means[selection_metric] + pooling * pooled
-    means = means.sort_values(["server_id", "metric", expected, "model"], kind="stable")
-    selection = means.drop_duplicates(["server_id", "metric"]).reset_index(drop=True)
-    logger.info("Selected models: %s", selection["model"].value_counts().to_dict())
-    return selection[["server_id", "metric", "model", selection_metric, expected]]
+    series = model_input.groupby("unique_id", sort=True).agg(
+        server_id=("server_id", "first"), metric=("metric", "first"), archetype=("archetype", "first"),
+        history_days=("history_days", "first"),
+    )  # fmt: skip
+    short = series["history_days"] < min_history_days
+    chosen = pd.DataFrame(columns=["server_id", "metric", "model", selection_metric, expected])
+    if len(model_metrics):
+        common = _common_folds(model_metrics)
+        means = _series_means(common, selection_metric, min_interval_coverage)
+        offsets = backtest_plan["origin_offsets_days"]
+        evidence = independent_folds([offsets[f] for f in common["fold"].unique()], backtest_plan["horizon"])
+        margin = evidence_margin(ensemble_margin, evidence, backtest_plan["horizon"])
+        chosen = choose_models(means, selection_metric, pooling, evidence, margin).assign(basis="backtest")
+        groups = means.groupby(["archetype", "metric", "model"], as_index=False)[selection_metric].mean()
+        group_choice = choose_models(
+            groups.assign(server_id=groups["archetype"]), selection_metric, 1.0, 0, margin
+        )
+        metric_choice = choose_models(
+            groups.assign(server_id="fleet", archetype="fleet"), selection_metric, 1.0, 0, margin
+        )
+        rest = series[~short].merge(chosen[["server_id", "metric"]], how="left", indicator=True)
+        rest = rest[rest["_merge"] == "left_only"].drop(columns="_merge")
+        by_group = rest.merge(
+            group_choice[["archetype", "metric", "model"]], on=["archetype", "metric"], how="left"
+        )
+        by_metric = by_group["metric"].map(metric_choice.set_index("metric")["model"])
+        by_group["model"] = by_group["model"].fillna(by_metric).fillna("seasonal_naive")
+        chosen = pd.concat([chosen, by_group.assign(basis="group")], ignore_index=True)
+    fallback = series[short].assign(model="fallback", basis="short_history")
+    no_backtest = series[~short].merge(chosen[["server_id", "metric"]], how="left", indicator=True)
+    no_backtest = no_backtest[no_backtest["_merge"] == "left_only"].drop(columns="_merge")
+    selection = pd.concat(
+        [chosen, fallback, no_backtest.assign(model="ensemble", basis="no_backtest")], ignore_index=True
+    )
+    selection = selection.sort_values(["server_id", "metric"], ignore_index=True)
+    logger.info(
+        "Selected models: %s (basis: %s)",
+        selection["model"].value_counts().to_dict(), selection["basis"].value_counts().to_dict(),
+    )  # fmt: skip
+    return selection[["server_id", "metric", "model", selection_metric, expected, "basis"]]
 
 
-def _cross_validated_selection(
-    model_metrics: pd.DataFrame, selection_metric: str, pooling: float
+def _cross_validated_selection(  # noqa: PLR0913, PLR0917 (the selection rule's settings)
+    model_metrics: pd.DataFrame,
+    selection_metric: str,
+    pooling: float,
+    backtest_plan: dict[str, Any],
+    ensemble_margin: float,
+    min_interval_coverage: float,
 ) -> pd.DataFrame:
     """Scores of the selection rule itself: each fold scored with the models chosen on the others."""
     common = _common_folds(model_metrics)
     folds = sorted(common["fold"].unique())
     if len(folds) < 2:
         return pd.DataFrame()
+    offsets = backtest_plan["origin_offsets_days"]
     picked = []
     for fold in folds:
-        choice = select_models(common[common["fold"] != fold], selection_metric, pooling)[
-            ["server_id", "metric", "model"]
-        ]
+        others = common[common["fold"] != fold]
+        evidence = independent_folds([offsets[f] for f in others["fold"].unique()], backtest_plan["horizon"])
+        margin = evidence_margin(ensemble_margin, evidence, backtest_plan["horizon"])
+        choice = choose_models(
+            _series_means(others, selection_metric, min_interval_coverage),
+            selection_metric,
+            pooling,
+            evidence,
+            margin,
+        )[["server_id", "metric", "model"]]
         picked.append(common[common["fold"] == fold].merge(choice, on=["server_id", "metric", "model"]))
     return pd.concat(picked, ignore_index=True).assign(model="selected")
 
@@ -514,75 +682,183 @@ def _summarise(metrics: pd.DataFrame, by: list[str]) -> list[dict[str, Any]]:
     ]
 
 
-def rank_models(
-    model_metrics: pd.DataFrame, selection_metric: str, pooling: float, *backtest_stats: dict[str, Any]
+def rank_models(  # noqa: PLR0913, PLR0917 (one argument per node input)
+    model_metrics: pd.DataFrame,
+    model_selection: pd.DataFrame,
+    backtest_plan: dict[str, Any],
+    selection_metric: str,
+    pooling: float,
+    ensemble_margin: float,
+    min_interval_coverage: float,
+    *model_stats: dict[str, Any],
 ) -> dict[str, Any]:
-    """Builds the leaderboard: models by backtest MASE, with coverage and fit time.
+    """Builds the leaderboard: models by backtest MASE, with coverage and fit time, and what was adapted.
 
     The ``selected`` row scores the per-series selection honestly: each fold is scored with the models
     chosen on the other folds (on the folds all models share).
 
     Args:
         model_metrics: Output of ``evaluate_backtests``.
+        model_selection: Output of ``select_models``.
+        backtest_plan: Output of ``plan_backtest``.
         selection_metric: ``params:modelling.selection_metric``.
         pooling: ``params:modelling.selection_pooling`` (see ``select_models``).
-        *backtest_stats: Timing of each model's backtest (``fit_seconds``, ``series_per_second``).
+        ensemble_margin: ``params:modelling.ensemble_margin``.
+        min_interval_coverage: ``params:modelling.min_interval_coverage``.
+        *model_stats: Each model's backtest stats (``fit_seconds``, ``series_per_second``) and fit summary
+            (``seasonal_terms_off``).
 
     Returns:
-        ``{"models": [...], "by_archetype": [...], "by_metric": [...], "common_folds": [...]}``: records
-        sorted by MASE; ``models`` also carries ``folds``, ``fit_seconds`` and ``series_per_second``.
+        ``models, by_archetype, by_metric`` (records sorted by MASE; ``models`` also carries ``folds``,
+        ``fit_seconds`` and ``series_per_second``), ``common_folds``, ``backtest`` (requested vs used origins
+        and horizon, origin dates, reason), ``seasonal_terms_off`` (per model: series per term switched off)
+        and ``selection`` (series per selected model and per basis).
     """
+    timing = {s["model"]: s for s in model_stats if "fit_seconds" in s}
+    terms_off = {s["model"]: s["seasonal_terms_off"] for s in model_stats if "seasonal_terms_off" in s}
+    plan_keys = ("requested_origins", "requested_horizon", "origins", "horizon", "origin_offsets_days",
+                 "origin_dates", "analysis_date", "independent_folds", "reference_history_days",
+                 "min_train_days", "spacing_days", "reason")  # fmt: skip
+    leaderboard: dict[str, Any] = {
+        "models": [],
+        "by_archetype": [],
+        "by_metric": [],
+        "common_folds": [],
+        "backtest": {k: backtest_plan.get(k) for k in plan_keys},
+        "seasonal_terms_off": terms_off,
+        "selection": {
+            "models": model_selection["model"].value_counts().to_dict(),
+            "basis": model_selection["basis"].value_counts().to_dict(),
+        },
+    }
+    if model_metrics.empty:
+        logger.warning("No backtest scores: the leaderboard only says why (%s)", backtest_plan["reason"])
+        return leaderboard
     common = _common_folds(model_metrics)
-    scored = pd.concat(
-        [common, _cross_validated_selection(model_metrics, selection_metric, pooling)], ignore_index=True
+    cross_validated = _cross_validated_selection(
+        model_metrics, selection_metric, pooling, backtest_plan, ensemble_margin, min_interval_coverage
     )
+    scored = pd.concat([common, cross_validated], ignore_index=True)
     overall = _summarise(scored, ["model"])
-    timing = {s["model"]: s for s in backtest_stats}
     for record in overall:
         stats = timing.get(record["model"], {})
         record.update({k: stats.get(k) for k in ("folds", "fit_seconds", "series_per_second")})
-    leaderboard = {
-        "models": overall,
-        "by_archetype": _summarise(scored, ["archetype", "model"]),
-        "by_metric": _summarise(scored, ["metric", "model"]),
-        "common_folds": sorted(int(f) for f in common["fold"].unique()),
-    }
+    leaderboard.update(
+        models=overall,
+        by_archetype=_summarise(scored, ["archetype", "model"]),
+        by_metric=_summarise(scored, ["metric", "model"]),
+        common_folds=sorted(int(f) for f in common["fold"].unique()),
+    )
     table = pd.DataFrame(overall)[["model", "mase", "smape", "coverage", "fit_seconds"]]
     logger.info("Model leaderboard:\n%s", table.to_string(index=False))
     return leaderboard
 
 
+def _fallback_forecasts(model_input: pd.DataFrame, series: pd.Index, horizon: int) -> pd.DataFrame:
+    """``RecentMeanForecaster`` forecasts of the ``unique_id``s in ``series`` (forecasts schema)."""
+    frame = model_input[model_input["unique_id"].isin(series)]
+    if frame.empty:
+        return pd.DataFrame(columns=_FORECAST_COLUMNS)
+    forecast = FORECASTERS["fallback"]().fit(frame[["unique_id", "ds", "y"]]).predict(horizon)
+    names = forecast["unique_id"].str.rsplit(_SEPARATOR, n=1, expand=True)
+    return forecast.assign(server_id=names[0], metric=names[1], model="fallback").rename(
+        columns={"ds": "date"}
+    )[_FORECAST_COLUMNS]
+
+
+_FALLBACK_ORDER = ("ensemble", "seasonal_naive", "fallback")
+"""Models tried in turn for a series whose selected model has no forecast for it."""
+
+
 def assemble_forecasts(
+    model_input: pd.DataFrame,
     model_selection: pd.DataFrame,
     interval_scales: pd.DataFrame,
     ensemble_members: list[str],
+    horizon: int,
     *forecasts: pd.DataFrame,
 ) -> pd.DataFrame:
     """Stacks every model's final forecast, applies the backtest interval scales and flags the selected model.
 
+    Series selected for the ``fallback`` model (short histories), or whose selected model has no forecast
+    for them, get the first of ensemble, seasonal naive and fallback that has one.
+
     Args:
+        model_input: Output of ``prepare_model_input`` (fallback fits and ``history_days``).
         model_selection: Output of ``select_models``.
         interval_scales: ``model, metric, scale`` from ``calibrate_intervals``.
         ensemble_members: ``params:modelling.ensemble_members`` (adds the ``ensemble`` model's forecast).
+        horizon: ``params:horizon``.
         *forecasts: Final forecasts of every model (``server_id, metric, date, model, p10, p50, p90``).
 
     Returns:
-        ``server_id, metric, date, model, p10, p50, p90, is_selected`` with exactly one selected model per
-        server and metric (the seasonal naive baseline where no model was scored).
+        ``server_id, metric, date, model, p10, p50, p90, is_selected, history_days`` with exactly one
+        selected model per server and metric, starting the day after the series' last clean day.
     """
-    frame = pd.concat([f for f in forecasts if len(f)], ignore_index=True)
+    frame = pd.concat([f for f in forecasts if len(f)] or [pd.DataFrame(columns=_FORECAST_COLUMNS)],
+                      ignore_index=True)  # fmt: skip
     ensemble = _ensemble(frame, ensemble_members, ["server_id", "metric", "date"])
     frame = pd.concat([frame, ensemble[frame.columns]], ignore_index=True)
     scale = frame.merge(interval_scales, on=["model", "metric"], how="left")["scale"].fillna(1.0).to_numpy()
-    frame = _scale_interval(frame, scale)
-    chosen = model_selection[["server_id", "metric", "model"]].assign(is_selected=True)
-    frame = frame.merge(chosen, on=["server_id", "metric", "model"], how="left")
+    frame = _scale_interval(frame, scale) if len(frame) else frame
+    series = model_input.groupby("unique_id", sort=True)[["server_id", "metric", "history_days"]].first()
+    covered = frame[["server_id", "metric"]].drop_duplicates().assign(_any=True)
+    uncovered = series.reset_index().merge(covered, how="left", on=["server_id", "metric"])
+    needs_fallback = pd.Index(uncovered.loc[uncovered["_any"].isna(), "unique_id"])
+    wanted = model_selection.loc[model_selection["model"] == "fallback", ["server_id", "metric"]]
+    wanted_ids = pd.Index(wanted["server_id"] + _SEPARATOR + wanted["metric"])
+    fallback = _fallback_forecasts(model_input, needs_fallback.union(wanted_ids), horizon)
+    frame = pd.concat([frame, fallback], ignore_index=True) if len(fallback) else frame
+    available = frame[["server_id", "metric", "model"]].drop_duplicates()
+    choice = model_selection[["server_id", "metric", "model"]]
+    candidates = pd.concat(
+        [choice.assign(rank=0)] + [choice.assign(model=m, rank=i + 1) for i, m in enumerate(_FALLBACK_ORDER)]
+    ).merge(available, on=["server_id", "metric", "model"])
+    chosen = candidates.sort_values("rank").drop_duplicates(["server_id", "metric"])
+    replaced = chosen[chosen["rank"] > 0]
+    if len(replaced):
+        logger.warning("%d series lack their selected model's forecast: %s", len(replaced),
+                       replaced["model"].value_counts().to_dict())  # fmt: skip
+    frame = frame.merge(chosen[["server_id", "metric", "model"]].assign(is_selected=True), how="left",
+                        on=["server_id", "metric", "model"])  # fmt: skip
     frame["is_selected"] = frame["is_selected"].fillna(False).astype(bool)
-    unselected = ~frame.groupby(["server_id", "metric"])["is_selected"].transform("any")
-    fallback = unselected & (frame["model"] == "seasonal_naive")
-    frame.loc[fallback, "is_selected"] = True
     counts = frame[frame["is_selected"]].groupby(["server_id", "metric"])["model"].nunique()
     if (counts != 1).any() or len(counts) != frame.groupby(["server_id", "metric"]).ngroups:
         raise ValueError("every server and metric needs exactly one selected model")
+    history = series.set_index(["server_id", "metric"])["history_days"]
+    frame["history_days"] = (
+        pd.MultiIndex.from_frame(frame[["server_id", "metric"]]).map(history).fillna(0).astype("int64")
+    )
     frame = frame.sort_values(["server_id", "metric", "model", "date"], ignore_index=True)
-    return frame[[*_FORECAST_COLUMNS, "is_selected"]]
+    return frame[[*_FORECAST_COLUMNS, "is_selected", "history_days"]]
+
+
+def collect_backtest_forecasts(
+    calibrated_backtest: pd.DataFrame, model_selection: pd.DataFrame
+) -> pd.DataFrame:
+    """The calibrated backtest forecasts of each series' selected model, on every fold it was backtested on.
+
+    Args:
+        calibrated_backtest: Output of ``calibrate_intervals``.
+        model_selection: Output of ``select_models``.
+
+    Returns:
+        ``server_id, metric, origin, date, h, model, p10, p50, p90, actual`` (``actual`` is the clean value,
+        NaN where it was missing); series whose selected model was not backtested have no rows.
+    """
+    columns = ["server_id", "metric", "origin", "date", "h", "model", *QUANTILES, "actual"]
+    chosen = model_selection[["server_id", "metric", "model"]]
+    rows = calibrated_backtest.merge(chosen, on=["server_id", "metric", "model"])
+    out = pd.DataFrame(
+        {
+            "server_id": rows["server_id"].astype(str),
+            "metric": rows["metric"].astype(str),
+            "origin": pd.to_datetime(rows["origin"]),
+            "date": pd.to_datetime(rows["ds"]),
+            "h": (pd.to_datetime(rows["ds"]) - pd.to_datetime(rows["origin"])).dt.days.astype("int64"),
+            "model": rows["model"].astype(str),
+            **{q: rows[q].astype("float64") for q in QUANTILES},
+            "actual": rows["y"].where(rows["is_observed"].astype(bool)).astype("float64"),
+        }
+    )
+    return out.sort_values(["server_id", "metric", "origin", "date"], ignore_index=True)[columns]
