@@ -171,7 +171,8 @@ def _precision_recall(flagged: pd.Series, truth: pd.Series) -> dict[str, float]:
 
 
 def _risk_scores(data_root: Path, clean: pd.DataFrame, truth: pd.DataFrame) -> pd.DataFrame | None:
-    """Precision/recall of risk_register's very_high/high flags and of the last-14-days rule."""
+    """Precision/recall of risk_register's very_high/high flags and of the last-14-days rule, per cpu/memory
+    series and per server (a server is at risk when any of its scored series is; flagged by its tier)."""
     register_path = data_root / "07_model_output" / "risk_register.parquet"  # this run's only
     truth = truth[truth["metric"].isin(SCORED_METRICS)]
     at_risk = truth.groupby(["server_id", "metric"])["actual"].max().gt(THRESHOLD).rename("truth")
@@ -179,18 +180,27 @@ def _risk_scores(data_root: Path, clean: pd.DataFrame, truth: pd.DataFrame) -> p
     recent = clean[clean["date"] > last - pd.Timedelta(days=RULE_DAYS)]
     rule = recent.groupby(["server_id", "metric"])["value"].max().gt(THRESHOLD).rename("rule")
     table = pd.concat([at_risk, rule], axis=1).dropna(subset=["truth"]).fillna(False).astype(bool)
-    rows = [
-        {
-            "method": f"last {RULE_DAYS} days max > {THRESHOLD:.0f} %",
-            **_precision_recall(table["rule"], table["truth"]),
-        }
-    ]
     if register_path.exists():
         register = pd.read_parquet(register_path)
-        register = register.assign(server_id=register["server_id"].astype(str))
-        flags = register.set_index(["server_id", "metric"])["risk_level"].isin(["very_high", "high"])
-        flags = flags.groupby(level=[0, 1]).any().reindex(table.index, fill_value=False)
-        rows.insert(0, {"method": "risk_register very_high/high", **_precision_recall(flags, table["truth"])})
+        register = register.assign(server_id=register["server_id"].astype(str)).set_index(
+            ["server_id", "metric"]
+        )
+        flags = register["risk_level"].isin(["very_high", "high"]).groupby(level=[0, 1]).any()
+        table["register"] = flags.reindex(table.index, fill_value=False)
+        servers = register["server_risk_level"].isin(["very_high", "high"]).groupby(level=0).any()
+    per_server = table.groupby(level="server_id").any()
+    if register_path.exists():
+        per_server["register"] = servers.reindex(per_server.index, fill_value=False)
+    methods = {
+        "register": "risk_register very_high/high",
+        "rule": f"last {RULE_DAYS} days max > {THRESHOLD:.0f} %",
+    }
+    rows = [
+        {"level": level, "method": name, **_precision_recall(frame[column], frame["truth"])}
+        for level, frame in (("series", table), ("server", per_server))
+        for column, name in methods.items()
+        if column in frame
+    ]
     return pd.DataFrame(rows)
 
 
@@ -251,7 +261,7 @@ def _real_data(sample: Path, horizon: int, work: Path) -> None:
     print("  forecast accuracy on the hidden days:")
     print(_accuracy(forecasts, truth, _mase_scale(clean)).round(3).to_string(index=False))
     print(
-        f"  at-risk flags (truth: a hidden day above {THRESHOLD:.0f} %), cpu + memory series"
+        f"  at-risk flags (truth: a hidden day above {THRESHOLD:.0f} %), per cpu/memory series and per server"
         f"{'' if ok_risk else ' (no risk_register: risk_analysis failed)'}:"
     )
     print(_risk_scores(data_root, clean, truth).round(3).to_string(index=False))
