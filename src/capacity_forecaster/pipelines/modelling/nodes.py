@@ -94,7 +94,7 @@ def prepare_model_input(clean_server_metrics: pd.DataFrame, server_inventory: pd
     archetypes = server_inventory.assign(server_id=server_inventory["server_id"].astype(str)).set_index(
         "server_id"
     )["archetype"]
-    frame["archetype"] = frame["server_id"].map(archetypes).fillna("unknown").astype(str)
+    frame["archetype"] = frame["server_id"].map(archetypes).astype("string").fillna("unknown").astype(str)
     frame["is_observed"] = frame["value"].notna()
     frame["y"] = frame.groupby("unique_id", sort=False)["value"].transform(
         lambda s: s.interpolate(limit_direction="both")

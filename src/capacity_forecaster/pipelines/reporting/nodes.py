@@ -599,7 +599,7 @@ def build_capacity_report(  # noqa: PLR0913, PLR0917 (one argument per node inpu
     ]
     if "monthly_cost_change_usd" in risk_register.columns:
         per_server = risk_register.drop_duplicates("server_id")
-        recommended = per_server["recommended_instance_type"].fillna("").astype(str)
+        recommended = per_server["recommended_instance_type"].astype("string").fillna("")
         resized = recommended != ""
         if resized.any():
             change = float(per_server.loc[resized, "monthly_cost_change_usd"].sum())
