@@ -470,14 +470,16 @@ def resume_hint(
     not finish although all jobs it depends on did (their inputs are persisted, see ``check_persisted``).
     Everything downstream of those nodes runs again; finished jobs do not.
 
-    When shards failed, each unfinished shard whose inputs are ready gets its own command first
-    (``--nodes <its nodes> --params ...,modelling.shard=<i>``, the run's other parameters except ``run_id``
-    so that the new jobs get new names), and ``--from-nodes`` covers the jobs after them.
+    When shards failed, each unfinished shard of their groups gets its own command first (``--nodes <its
+    nodes> --params ...,modelling.shard=<i>``: the run's other parameters except ``run_id``, so that the new
+    jobs get new names), and ``--from-nodes`` covers the jobs after them (more than ``MAX_SHARD_COMMANDS``
+    such shards are left to ``--from-nodes``, which reruns every shard of their group).
     """
     if not done and not failed_shards:
         return "No job finished: once the cause is fixed, run the same command again."
     ready = [s for s in specs if s.name not in done and all(d in done for d in s.depends_on)]
-    rerun = [s for s in ready if s.shard] if failed_shards else []
+    failed_groups = {s.origin for s in failed_shards or []}
+    rerun = [s for s in ready if s.shard and s.origin in failed_groups]
     if len(rerun) > MAX_SHARD_COMMANDS:
         rerun = []
     covered = done | {s.name for s in rerun}
