@@ -238,9 +238,19 @@ class SageMakerRunner(AbstractRunner):
                     SHARD_PLAN_DATASET,
                 )
                 return 1
-            if any(SHARD_PLAN_DATASET in n.outputs for n in pipeline.nodes):
-                return None
-            return _load_shard_count(catalog)
+            if s.shards:
+                log.warning(
+                    "--runner-params shards=%d ignored: a real run reads %s", s.shards, SHARD_PLAN_DATASET
+                )
+            if not any(SHARD_PLAN_DATASET in n.outputs for n in pipeline.nodes):
+                return _load_shard_count(catalog)
+            if _in_memory(catalog, SHARD_PLAN_DATASET):
+                raise JobSpecError(
+                    f"{SHARDS_PARAM} is auto, but dataset {SHARD_PLAN_DATASET} is in memory: the runner "
+                    "reads it once the job writing it has finished, so declare it in conf/<env>/catalog.yml "
+                    f"with an S3 filepath (or set {SHARDS_PARAM} to an integer). Nothing was submitted."
+                )
+            return None
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise JobSpecError(
                 f"Parameter {SHARDS_PARAM} must be a positive integer or 'auto', got {value!r} "
@@ -374,9 +384,7 @@ class SageMakerRunner(AbstractRunner):
                         continue
                     started = done | {spec.name for spec, _ in running.values()}
                     pending = [spec for spec in self.job_specs if spec.name not in started]
-                    log.info(
-                        "Sharded job groups run as %d jobs each; %d jobs to go", self._shards, len(pending)
-                    )
+                    log.info("%s is %d; %d job(s) to go", SHARDS_PARAM, self._shards, len(pending))
                     continue
                 for spec in ready:
                     if len(running) >= s.max_concurrent_jobs:
