@@ -12,9 +12,10 @@ import pytest
 from kedro.io import DataCatalog, MemoryDataset
 from kedro.pipeline import Node, Pipeline
 from kedro_datasets.json import JSONDataset
+from omegaconf import OmegaConf
 
 from capacity_forecaster.runner import JobFailedError, JobSpecError, SageMakerRunner
-from capacity_forecaster.runner.backends import SageMakerBackend
+from capacity_forecaster.runner.backends import LocalBackend, SageMakerBackend
 from capacity_forecaster.runner.constants import JOB_NAME_MAX, JOB_NAME_PATTERN
 from capacity_forecaster.runner.jobs import (
     JobGroup,
@@ -22,8 +23,9 @@ from capacity_forecaster.runner.jobs import (
     job_names,
     retry_job_name,
 )
-from capacity_forecaster.runner.sagemaker_client import SageMakerClient
+from capacity_forecaster.runner.sagemaker_client import S3Store, SageMakerClient
 from tests.runner.test_runner import _fail_when_created, _printed_requests, _validate_with_stubber
+from tests.runner.toy_project import TOY_SHARDED, toy_sharded_catalog
 
 SHARD_NODES = ("square.fit_node", "square.predict_node")
 
@@ -333,3 +335,48 @@ def test_shard_count_auto_with_the_plan_in_memory_is_refused_before_submitting(b
     with pytest.raises(JobSpecError, match="dataset shard_plan is in memory: the runner reads it once"):
         _on_moto(runner_for(), sm).run(PIPE, catalog)
     assert created == {}
+
+
+@pytest.mark.slow
+def test_local_backend_shard_jobs_and_the_printed_resume_commands_complete_the_run(bucket, runner_for):
+    """Real subprocess jobs of the cf_toy wheel on moto's S3: n=12, 5 per shard, auto -> 3 shard jobs; shard 2
+    is listed in ``broken_shards`` (an S3 object read through the catalog), so it fails on both attempts.
+    Once the list is emptied, the two printed commands finish the run with the sequential result."""
+    s3 = boto3.client("s3")
+    s3.put_object(Bucket="cf-test", Key="toy/broken_shards.json", Body=b"[2]")
+
+    def local(runner):
+        runner._backend = LocalBackend(S3Store(s3), runner.settings, keep_failed=False)
+        return runner
+
+    settings = {"backend": "local", "max_runtime_s": 900, "max_concurrent_jobs": 2}
+    with pytest.raises(JobFailedError) as err:
+        local(runner_for(**settings)).run(TOY_SHARDED, toy_sharded_catalog())
+    message = str(err.value)
+    assert message.startswith("Job cf-t1-square-shard-2-of-3-retry-1 ended Failed: AlgorithmError")
+    assert any("shard 2 is listed in broken_shards" in line for line in err.value.log_tail)
+    reports = sorted(k.rsplit("/", 1)[1] for k in _keys("sagemaker/runs/t1/jobs/"))
+    assert reports == [
+        "cf-t1-prep.json",
+        "cf-t1-split.json",
+        "cf-t1-square-shard-1-of-3.json",
+        "cf-t1-square-shard-3-of-3.json",
+    ]  # each finished job ran once; the failed shard's two attempts left no report
+    assert _keys("toy/squares/") == ["toy/squares/shard-1-of-3.json", "toy/squares/shard-3-of-3.json"]
+
+    s3.put_object(Bucket="cf-test", Key="toy/broken_shards.json", Body=b"[]")  # the cause, fixed
+    nodes, params = re.search(r'kedro run --env cloud --nodes "([^"]+)" --params "([^"]+)"', message).groups()
+    runtime = OmegaConf.to_container(OmegaConf.from_dotlist(params.split(",")))
+    resume = local(runner_for(**settings, runtime_params={**runtime, "run_id": "t2"}))
+    resume.run(TOY_SHARDED.only_nodes(*nodes.split(",")), toy_sharded_catalog(**runtime["modelling"]))
+    assert [spec.name for spec in resume.job_specs] == ["cf-t2-square-shard-2-of-3"]
+    from_nodes = re.search(r'--from-nodes "([^"]+)"$', message).group(1)
+    rest = local(runner_for(**settings, runtime_params={"run_id": "t3"}))
+    rest.run(TOY_SHARDED.from_nodes(*from_nodes.split(",")), toy_sharded_catalog())
+    total = json.loads(s3.get_object(Bucket="cf-test", Key="toy/total.json")["Body"].read())
+    assert total == {"total": 1.5**2 * sum(i * i for i in range(1, 13)), "shards": 3}
+
+
+def _keys(prefix: str) -> list[str]:
+    listing = boto3.client("s3").list_objects_v2(Bucket="cf-test", Prefix=prefix)
+    return sorted(o["Key"] for o in listing.get("Contents", []))
