@@ -18,12 +18,16 @@ from capacity_forecaster.runner import JobFailedError, JobSpecError, SageMakerRu
 from capacity_forecaster.runner.backends import LocalBackend, SageMakerBackend
 from capacity_forecaster.runner.constants import JOB_NAME_MAX, JOB_NAME_PATTERN
 from capacity_forecaster.runner.jobs import (
+    CodeBundle,
     JobGroup,
+    build_job_specs,
     expand_shards,
+    group_pipeline,
     job_names,
     retry_job_name,
 )
 from capacity_forecaster.runner.sagemaker_client import S3Store, SageMakerClient
+from capacity_forecaster.runner.sagemaker_runner import MAX_SHARD_COMMANDS, resume_hint
 from tests.runner.test_runner import _fail_when_created, _printed_requests, _validate_with_stubber
 from tests.runner.toy_project import TOY_SHARDED, toy_sharded_catalog
 
@@ -171,6 +175,22 @@ def test_shard_job_names_are_unique_valid_and_keep_the_shard(shards):
         retry = retry_job_name(name, 1)
         assert len(retry) <= JOB_NAME_MAX and re.match(JOB_NAME_PATTERN, retry)
         assert retry.endswith(f"-shard-{i}-of-{shards}-retry-1") and retry not in names.values()
+
+
+def test_too_many_unfinished_shards_are_resumed_with_from_nodes():
+    """Shard 1 of 12 failed before its siblings ran: 12 rerun commands would be too many, so --from-nodes
+    reruns the group (and everything after it)."""
+    shards = MAX_SHARD_COMMANDS + 2
+    groups = expand_shards(group_pipeline(PIPE), shards)
+    bundle = CodeBundle(
+        "s3://cf-test/r/code", "cf_toy", "cf_toy-0.1.0-py3-none-any.whl", "conf-cf_toy.tar.gz"
+    )
+    specs = build_job_specs(groups, run_id="t1", run_uri="s3://cf-test/r", bundle=bundle, kedro_env="cloud")
+    square_1 = next(s for s in specs if s.group == f"square-shard-1-of-{shards}")
+    hint = resume_hint(PIPE, specs, {"cf-t1-model-input"}, failed_shards=[square_1])
+    assert f"Failed: shard 1 of {shards} of job group square." in hint
+    assert "kedro run" not in hint
+    assert hint.endswith('your previous command: --from-nodes "cube.cube_node,square.fit_node"')
 
 
 # execution on moto ------------------------------------------------------------------------------------------

@@ -496,17 +496,16 @@ def resume_hint(
     )
     unfinished = sum(len(s.nodes) for s in specs if s.name not in done)
     head = f"{len(done)} of {len(specs)} job(s) finished; {unfinished} node(s) have not run."
+    if failed_shards:
+        named = (f"shard {s.shard} of {s.shards} of job group {s.origin}" for s in failed_shards)
+        head += f" Failed: {', '.join(named)}."
     from_nodes = f'--from-nodes "{",".join(sorted(first))}"'
     if not rerun:
         return (
             f"{head} To resume once the cause is fixed, add (or replace) this argument in your previous "
             f"command: {from_nodes}"
         )
-    lines = [
-        f"{head} Failed: "
-        + ", ".join(f"shard {s.shard} of {s.shards} of job group {s.origin}" for s in failed_shards or [])
-        + ". To resume once the cause is fixed, rerun each unfinished shard alone:"
-    ]
+    lines = [f"{head} To resume once the cause is fixed, rerun each unfinished shard alone:"]
     for spec in rerun:
         items = ",".join(flatten_params(with_param(params, SHARD_PARAM, spec.shard)))
         lines.append(f'  kedro run --env {env} --nodes "{",".join(spec.nodes)}" --params "{items}"')
