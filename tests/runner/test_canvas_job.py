@@ -1,6 +1,7 @@
 """The real project's canvas pipeline under the SageMaker runner, dry run: the Processing job that runs canvas
 gets the role and a runtime long enough for Autopilot, and the printed Autopilot requests are valid."""
 
+
 import pytest
 from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
