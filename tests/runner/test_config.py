@@ -71,6 +71,8 @@ def test_a_real_submission_needs_a_role(monkeypatch, cloud_env):
     ("override", "message"),
     [
         ({"instance_count": 0}, "instance_count must be a positive integer"),
+        ({"shard_retries": -1}, "shard_retries must be an integer >= 0"),
+        ({"shards": "many"}, "shards='many' is not a valid int"),
         ({"max_runtime_s": 500000}, "max_runtime_s must be between"),
         ({"grouping": "tags"}, "grouping must be one of"),
         ({"backend": "batch"}, "backend must be one of"),

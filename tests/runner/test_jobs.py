@@ -202,9 +202,9 @@ def test_topological_order_refuses_a_cycle():
         topological_order([JobGroup("a", ("a",), ("b",)), JobGroup("b", ("b",), ("a",))])
 
 
-def test_more_than_one_instance_is_refused_for_a_group_that_is_not_sharded(three_groups):
+def test_more_than_one_instance_is_refused(three_groups):
     groups = group_pipeline(three_groups)
-    with pytest.raises(JobSpecError, match=r"instance_count=2.*not sharded.*`modelling.shards`"):
+    with pytest.raises(JobSpecError, match=r"instance_count=2.*Shards are separate jobs, not instances"):
         build_job_specs(
             groups,
             run_id="r1",

@@ -102,7 +102,9 @@ def test_dry_run_prints_the_exact_requests_and_submits_nothing(bucket, runner_fo
 
 
 def test_more_than_one_instance_is_refused_before_submitting(bucket, runner_for):
-    with pytest.raises(JobSpecError, match="'stats' asks for instance_count=3, but it is not sharded"):
+    with pytest.raises(
+        JobSpecError, match="'stats' asks for instance_count=3: every instance would run the same nodes"
+    ):
         runner_for(resources={"stats": {"instance_count": 3}}).run(TOY, toy_catalog())
     assert _jobs_on_moto() == [] and _keys() == []
 

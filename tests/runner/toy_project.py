@@ -3,15 +3,22 @@
 Pipelines: ``prep`` (make_numbers -> raw_numbers (memory, stays inside the job) -> scale -> scaled),
 ``stats`` (summarise scaled) and ``plot`` (bin scaled), each namespaced by its name; so ``stats`` and ``plot``
 depend on ``prep`` and are independent of each other. The cloud catalog keeps the crossing datasets on S3.
+
+Pipeline ``sharded``: ``split`` (scaled -> numbers_by_shard partitions + shard_plan), ``square`` (tagged
+``sharded``: squares the partition of ``params:modelling.shard``, or every partition when it is null; fails
+for a shard listed in ``broken_shards``) and ``totals`` (the merge: sums all partitions). ``basic`` is the
+first three pipelines; ``__default__`` holds every node, as a job's ``--nodes`` are looked up there.
 """
 
 import inspect
+import math
 from pathlib import Path
 from textwrap import dedent
 
 from kedro.io import DataCatalog, MemoryDataset
 from kedro.pipeline import Node, Pipeline
 from kedro_datasets.json import JSONDataset
+from kedro_datasets.partitions import PartitionedDataset
 
 FILES = {
     "pyproject.toml": """
@@ -63,7 +70,7 @@ FILES = {
             "base_env": "base", "default_run_env": "local", "custom_resolvers": {"oc.env": oc.env}
         }
     """,
-    "conf/base/parameters.yml": "n: 12\nfactor: 1.5\n",
+    "conf/base/parameters.yml": "n: 12\nfactor: 1.5\nmodelling: {shards: auto, shard: null, per_shard: 5}\n",
     "conf/base/catalog.yml": """
         summary:
           type: json.JSONDataset
@@ -80,6 +87,16 @@ FILES = {
         summary:
           type: json.JSONDataset
           filepath: s3://${oc.env:CF_BUCKET}/${oc.env:CF_PREFIX,toy}/summary.json
+        numbers_by_shard:
+          type: partitions.PartitionedDataset
+          path: s3://${oc.env:CF_BUCKET}/${oc.env:CF_PREFIX,toy}/numbers_by_shard
+          dataset: json.JSONDataset
+          filename_suffix: .json
+        squares:
+          type: partitions.PartitionedDataset
+          path: s3://${oc.env:CF_BUCKET}/${oc.env:CF_PREFIX,toy}/squares
+          dataset: json.JSONDataset
+          filename_suffix: .json
     """,
     "conf/cloud/sagemaker.yml": """
         sagemaker:
@@ -111,6 +128,24 @@ def bin_values(values: list[float]) -> dict:
     return {"low": sum(v < 10 for v in values), "high": sum(v >= 10 for v in values)}
 
 
+def split_by_shard(values: list[float], shards, per_shard: int) -> tuple[dict, dict]:
+    count = math.ceil(len(values) / per_shard) if shards == "auto" else shards
+    parts = {f"shard-{i}-of-{count}": values[i - 1 :: count] for i in range(1, count + 1)}
+    return parts, {"shards": count, "servers": {name: len(part) for name, part in parts.items()}}
+
+
+def square_shard(parts: dict, plan: dict, shard, broken: list) -> dict:
+    names = [f"shard-{shard}-of-{plan['shards']}"] if shard else sorted(parts)
+    if shard in broken:
+        raise RuntimeError(f"shard {shard} is listed in broken_shards")
+    return {name: [v * v for v in parts[name]()] for name in names}
+
+
+def total_squares(squares: dict, plan: dict) -> dict:
+    names = [f"shard-{i}-of-{plan['shards']}" for i in range(1, plan["shards"] + 1)]
+    return {"total": sum(sum(squares[name]()) for name in names), "shards": len(names)}
+
+
 def _ns(name, *nodes):
     return Pipeline(list(nodes), namespace=name, prefix_datasets_with_namespace=False)
 
@@ -123,11 +158,39 @@ def toy_pipelines() -> dict:
     )
     stats = _ns("stats", Node(summarise, "scaled", "summary", name="summarise_node"))
     plot = _ns("plot", Node(bin_values, "scaled", "bins", name="bin_values_node"))
-    return {"prep": prep, "stats": stats, "plot": plot, "__default__": prep + stats + plot}
+    split = _ns(
+        "split",
+        Node(
+            split_by_shard,
+            ["scaled", "params:modelling.shards", "params:modelling.per_shard"],
+            ["numbers_by_shard", "shard_plan"],
+            name="split_node",
+        ),
+    )
+    square = _ns(
+        "square",
+        Node(
+            square_shard,
+            ["numbers_by_shard", "shard_plan", "params:modelling.shard", "broken_shards"],
+            "squares",
+            name="square_node",
+            tags=["sharded"],
+        ),
+    )
+    totals = _ns("totals", Node(total_squares, ["squares", "shard_plan"], "total", name="total_node"))
+    return {
+        "prep": prep,
+        "stats": stats,
+        "plot": plot,
+        "basic": prep + stats + plot,
+        "sharded": prep + split + square + totals,
+        "__default__": prep + stats + plot + split + square + totals,  # a job's --nodes are looked up here
+    }
 
 
-TOY = toy_pipelines()["__default__"]
+TOY = toy_pipelines()["basic"]
 """The toy pipeline in this process (same functions and node names as the cf_toy package)."""
+TOY_SHARDED = toy_pipelines()["sharded"]
 
 
 def toy_catalog(prefix: str = "s3://cf-test/toy", scaled_in_memory: bool = False) -> DataCatalog:
@@ -143,11 +206,29 @@ def toy_catalog(prefix: str = "s3://cf-test/toy", scaled_in_memory: bool = False
     return catalog
 
 
+def toy_sharded_catalog(prefix: str = "s3://cf-test/toy", **modelling) -> DataCatalog:
+    """An in-process catalog like the toy's cloud catalog for pipeline ``sharded``; ``modelling`` overrides
+    the parameters (``shards``, ``shard``)."""
+    catalog = toy_catalog(prefix)
+    for name in ("shard_plan", "broken_shards", "total"):
+        catalog[name] = JSONDataset(filepath=f"{prefix}/{name}.json")
+    for name in ("numbers_by_shard", "squares"):
+        catalog[name] = PartitionedDataset(
+            path=f"{prefix}/{name}", dataset="json.JSONDataset", filename_suffix=".json"
+        )
+    params = {"shards": "auto", "shard": None, "per_shard": 5, **modelling}
+    catalog["params:modelling"] = params
+    for key, value in params.items():
+        catalog[f"params:modelling.{key}"] = value
+    return catalog
+
+
 def _registry_source() -> str:
     """cf_toy/pipeline_registry.py: the functions above, verbatim, and ``register_pipelines``."""
-    parts = [inspect.getsource(f) for f in (make_numbers, scale, summarise, bin_values, _ns, toy_pipelines)]
+    functions = (make_numbers, scale, summarise, bin_values, split_by_shard, square_shard, total_squares, _ns)
+    parts = [inspect.getsource(f) for f in (*functions, toy_pipelines)]
     return (
-        "from kedro.pipeline import Node, Pipeline\n\n\n"
+        "import math\n\nfrom kedro.pipeline import Node, Pipeline\n\n\n"
         + "\n\n".join(parts)
         + ("\n\ndef register_pipelines():\n    return toy_pipelines()\n")
     )

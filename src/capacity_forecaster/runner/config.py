@@ -25,9 +25,6 @@ IMAGE_COMMANDS = "kedro cloud image build && kedro cloud image push"
 NO_IMAGE = "<no image: run `kedro cloud image push` and set CF_SAGEMAKER_IMAGE_URI>"
 """``ImageUri`` shown by a dry run when no image is configured (a real submission is refused instead)."""
 NO_ROLE = "<no role: run `kedro cloud setup-role` and set CF_SAGEMAKER_ROLE_ARN>"
-SHARDED_GROUPS: frozenset[str] = frozenset()
-"""Job groups whose instances each process their own share of the data. None yet: every instance of a
-multi-instance job would run the same nodes on ``FullyReplicated`` inputs and overwrite the same keys."""
 
 
 class ConfigError(ValueError):
@@ -74,7 +71,8 @@ class SageMakerSettings:
         image_uri: Container image built from the project's Dockerfile (``kedro cloud image build|push``);
             required to submit jobs (not for ``dry_run`` or the ``local`` backend).
         instance_type: Processing instance type of every job without an entry in ``resources``.
-        instance_count: Instances per job (1: more is refused until a group is sharded).
+        instance_count: Instances per job; only 1 is accepted: every instance would run the same nodes on
+            the same inputs. Work is split into shard *jobs* instead (nodes tagged ``sharded``).
         volume_size_gb: EBS volume per instance.
         max_runtime_s: ``StoppingCondition.MaxRuntimeInSeconds`` of every job.
         resources: Per job group or node tag, any of ``instance_type``, ``instance_count``,
@@ -82,7 +80,11 @@ class SageMakerSettings:
         quota_retry_wait_s: Wait before resubmitting a job refused with ResourceLimitExceeded (quota).
         quota_max_wait_s: Give up resubmitting after this long.
         tags: Extra tags for every job (``project`` and ``run_id`` are always added).
-        max_concurrent_jobs: Independent job groups running at the same time.
+        max_concurrent_jobs: Jobs running at the same time (independent groups and shard jobs alike).
+        shard_retries: A shard job that ends Failed is resubmitted alone this many times (other shards and
+            finished jobs are not rerun) before the run fails.
+        shards: Shard count a dry run assumes when ``modelling.shards`` is ``auto`` (0: unknown, plans 1);
+            a real run reads the count from the ``shard_plan`` dataset instead.
         poll_interval_s: First wait between two status checks; grows by ``poll_backoff`` up to
             ``poll_max_interval_s``.
         poll_backoff: Factor applied to the wait while a job's status does not change.
@@ -108,6 +110,8 @@ class SageMakerSettings:
     quota_max_wait_s: float = 3600.0
     tags: dict[str, str] = field(default_factory=dict)
     max_concurrent_jobs: int = 4
+    shard_retries: int = 1
+    shards: int = 0
     poll_interval_s: float = 15.0
     poll_backoff: float = 1.5
     poll_max_interval_s: float = 60.0
@@ -134,6 +138,10 @@ class SageMakerSettings:
             problems.append(
                 f"max_concurrent_jobs must be a positive integer, got {self.max_concurrent_jobs!r}"
             )
+        for name in ("shard_retries", "shards"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                problems.append(f"{name} must be an integer >= 0, got {value!r}")
         problems += self._resource_problems()
         if self.quota_retry_wait_s < 0 or self.quota_max_wait_s < 0:
             problems.append("quota_retry_wait_s and quota_max_wait_s must be >= 0")

@@ -33,6 +33,16 @@ ENV_ENTRIES_MAX = 100
 TAG_VALUE_MAX_LEN = 256
 LOG_GROUP = "/aws/sagemaker/ProcessingJobs"
 
+# Sharding (names of capacity_forecaster.sharding) ----------------------------------------------------------
+SHARD_TAG = "sharded"
+"""Node tag: a job group whose nodes all carry it runs as one job per shard."""
+SHARDS_PARAM = "modelling.shards"
+"""Parameter with the shard count: an integer, or ``auto`` (then read from ``SHARD_PLAN_DATASET``)."""
+SHARD_PARAM = "modelling.shard"
+"""Runtime parameter selecting the one shard a job (or a resumed run) processes; ``null`` = every shard."""
+SHARD_PLAN_DATASET = "shard_plan"
+"""Dataset written by the ``model_input`` job: ``{"shards": K, "servers": {shard name: n}}``."""
+
 RUNNING_STATUSES = frozenset({"InProgress", "Stopping"})
 TERMINAL_STATUSES = frozenset({"Completed", "Failed", "Stopped"})
 QUOTA_CODE = "ResourceLimitExceeded"

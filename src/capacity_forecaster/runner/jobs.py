@@ -2,6 +2,8 @@
 
 A *group* is a set of nodes that runs in one job: by default a top-level namespace (every pipeline of the
 project is namespaced by its own name, so ``risk_analysis`` is one job), or one node per job (``per_node``).
+A group whose nodes all carry the tag ``sharded`` becomes one group per shard (``expand_shards``):
+``prophet-shard-3-of-8`` runs the same nodes with ``--params modelling.shard=3``.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 
 from kedro.pipeline import Pipeline
 
-from capacity_forecaster.runner.config import SHARDED_GROUPS, JobResources
+from capacity_forecaster.runner.config import JobResources
 from capacity_forecaster.runner.constants import (
     CODE_DIR,
     CONTAINER_ARG_MAX_LEN,
@@ -30,11 +32,15 @@ from capacity_forecaster.runner.constants import (
     ENV_VALUE_MAX_LEN,
     JOB_NAME_MAX,
     META_DIR,
+    SHARD_PARAM,
+    SHARD_TAG,
     SITE_DIR,
     TAG_VALUE_MAX_LEN,
 )
+from capacity_forecaster.sharding import shard_name
 
 PROJECT_TAG = "capacity-forecaster"
+_SHARD_SUFFIX = re.compile(r"-shard-\d+-of-\d+(-retry-\d+)?$")
 
 
 class GroupingError(ValueError):
@@ -51,12 +57,24 @@ class JobSpecError(ValueError):
 
 @dataclass(frozen=True)
 class JobGroup:
-    """Nodes that run together in one job, and the groups whose outputs they need."""
+    """Nodes that run together in one job, and the groups whose outputs they need.
+
+    ``sharded``: every node carries the tag ``sharded`` (the group is expanded into shard groups);
+    ``shard``/``shards``: this group is shard ``shard`` of ``shards`` (0 for a group that is not a shard).
+    """
 
     name: str
     nodes: tuple[str, ...]
     depends_on: tuple[str, ...] = ()
     tags: tuple[str, ...] = ()
+    sharded: bool = False
+    shard: int = 0
+    shards: int = 0
+
+    @property
+    def origin(self) -> str:
+        """The group a shard group was expanded from (its own name for any other group)."""
+        return self.name.removesuffix(f"-{shard_name(self.shard, self.shards)}") if self.shard else self.name
 
 
 @dataclass(frozen=True)
@@ -91,6 +109,15 @@ class JobSpec:
     outputs: tuple[JobOutput, ...]
     tags: dict[str, str] = field(default_factory=dict)
     resources: JobResources = JobResources("ml.t3.medium", 1, 30, 600)
+    shard: int = 0
+    shards: int = 0
+
+    @property
+    def origin(self) -> str:
+        """The group a shard job was expanded from (its own group for any other job)."""
+        return (
+            self.group.removesuffix(f"-{shard_name(self.shard, self.shards)}") if self.shard else self.group
+        )
 
 
 @dataclass(frozen=True)
@@ -114,15 +141,24 @@ def _short_hash(text: str) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:8]
 
 
-def job_name(run_id: str, group: str) -> str:
+def _fit_name(head: str, suffix: str, key: str, force_hash: bool = False) -> str:
+    """``head + suffix`` within SageMaker's 63 characters: a head too long (or ``force_hash``) is cut and ends
+    with a hash of ``key``; the suffix (``-shard-<i>-of-<K>``) is always kept whole."""
+    if force_hash or len(head) + len(suffix) > JOB_NAME_MAX:
+        head = f"{head[: JOB_NAME_MAX - len(suffix) - 9].rstrip('-')}-{_short_hash(key)}"
+    return head + suffix
+
+
+def job_name(run_id: str, group: str, force_hash: bool = False) -> str:
     """``cf-<run_id>-<group>``, valid for SageMaker: ``[a-zA-Z0-9-]``, at most 63 characters.
 
-    A name that is too long is cut and ends with a hash of the full name, so it stays unique.
+    A name that is too long is cut and ends with a hash of the full name, so it stays unique; a shard
+    group's ``-shard-<i>-of-<K>`` survives the cut (the hash comes before it).
     """
-    name = sanitize(f"cf-{run_id}-{group}")
-    if len(name) > JOB_NAME_MAX:
-        name = f"{name[: JOB_NAME_MAX - 9].rstrip('-')}-{_short_hash(f'{run_id}/{group}')}"
-    return name
+    match = _SHARD_SUFFIX.search(group)
+    suffix = match.group(0) if match else ""
+    origin = group[: len(group) - len(suffix)]
+    return _fit_name(sanitize(f"cf-{run_id}-{origin}"), suffix, f"{run_id}/{origin}", force_hash)
 
 
 def job_names(run_id: str, groups: Iterable[str]) -> dict[str, str]:
@@ -134,9 +170,17 @@ def job_names(run_id: str, groups: Iterable[str]) -> dict[str, str]:
         counts[name] = counts.get(name, 0) + 1
     for group, name in names.items():
         if counts[name] > 1:
-            base = name[: JOB_NAME_MAX - 9].rstrip("-")
-            names[group] = f"{base}-{_short_hash(f'{run_id}/{group}')}"
+            names[group] = job_name(run_id, group, force_hash=True)
     return names
+
+
+def retry_job_name(name: str, attempt: int) -> str:
+    """The name of a shard job's ``attempt``-th retry (SageMaker never reuses a name):
+    ``<name>-retry-<attempt>``, cut like ``job_name`` so that the shard part stays."""
+    match = _SHARD_SUFFIX.search(name)
+    suffix = match.group(0) if match else ""
+    head = name[: len(name) - len(suffix)]
+    return _fit_name(head, re.sub(r"-retry-\d+$", "", suffix) + f"-retry-{attempt}", name)
 
 
 # Grouping ---------------------------------------------------------------------------------------------------
@@ -167,9 +211,54 @@ def group_pipeline(pipeline: Pipeline, grouping: str = "namespace") -> list[JobG
         raise GroupingError(f"Unknown grouping {grouping!r}; use 'namespace' or 'per_node'")
     node_tags = {n.name: n.tags for n in pipeline.nodes}
     return topological_order(
-        dataclasses.replace(g, tags=tuple(sorted(set().union(*(node_tags[n] for n in g.nodes)))))
+        dataclasses.replace(
+            g,
+            tags=tuple(sorted(set().union(*(node_tags[n] for n in g.nodes)))),
+            sharded=all(SHARD_TAG in node_tags[n] for n in g.nodes),
+        )
         for g in groups
     )
+
+
+def expand_shards(groups: list[JobGroup], shards: int, only: int | None = None) -> list[JobGroup]:
+    """Replaces every sharded group by its shard groups ``<group>-shard-<i>-of-<shards>``.
+
+    A shard group has the nodes and dependencies of its group; a group that depended on a sharded group
+    depends on all its shard groups. Order is kept (shards in index order where the group was).
+
+    Args:
+        groups: Ordered job groups (``group_pipeline``).
+        shards: The shard count K.
+        only: Expand into this one shard only (a run with ``modelling.shard=i``: rerunning one shard).
+
+    Raises:
+        JobSpecError: For a count below 1 or a selected shard outside 1..K.
+    """
+    if isinstance(shards, bool) or not isinstance(shards, int) or shards < 1:
+        raise JobSpecError(f"The shard count must be a positive integer, got {shards!r}")
+    if only is not None and not 1 <= only <= shards:
+        raise JobSpecError(f"{SHARD_PARAM}={only} is outside 1..{shards} (the run's shard count)")
+    indices = [only] if only is not None else range(1, shards + 1)
+    replaced: dict[str, tuple[str, ...]] = {}
+    expanded: list[JobGroup] = []
+    for group in groups:
+        depends_on = tuple(d for dep in group.depends_on for d in replaced.get(dep, (dep,)))
+        if not group.sharded:
+            expanded.append(dataclasses.replace(group, depends_on=depends_on))
+            continue
+        shard_groups = [
+            dataclasses.replace(
+                group,
+                name=f"{group.name}-{shard_name(i, shards)}",
+                depends_on=depends_on,
+                shard=i,
+                shards=shards,
+            )
+            for i in indices
+        ]
+        replaced[group.name] = tuple(g.name for g in shard_groups)
+        expanded.extend(shard_groups)
+    return expanded
 
 
 def _namespace_stages(pipeline: Pipeline) -> list[JobGroup]:
@@ -286,6 +375,23 @@ def check_persisted(crossing: Mapping[str, set[str]], is_in_memory: Callable[[st
 
 
 # Job specs --------------------------------------------------------------------------------------------------
+def with_param(params: Mapping[str, Any] | None, dotted: str, value: Any) -> dict[str, Any]:
+    """A copy of nested ``params`` with ``dotted`` (``a.b``) set to ``value``; a flat ``"a.b"`` key that
+    would repeat it on the command line is dropped (``value=None`` just removes it)."""
+    copy: dict[str, Any] = {k: v for k, v in (params or {}).items() if k != dotted}
+    head, _, rest = dotted.partition(".")
+    if rest:
+        inner = copy.get(head)
+        inner = with_param(inner if isinstance(inner, Mapping) else {}, rest, value)
+        if inner:
+            copy[head] = inner
+        else:
+            copy.pop(head, None)
+    elif value is not None:
+        copy[head] = value
+    return copy
+
+
 def flatten_params(params: Mapping[str, Any] | None, prefix: str = "") -> list[str]:
     """``{"a": {"b": 1}, "c": "x"}`` -> ``["a.b=1", "c=x"]`` for ``kedro run --params``.
 
@@ -325,22 +431,23 @@ def build_job_specs(
         run_uri: ``s3://.../runs/<run_id>``.
         bundle: Where the wheel, conf tarball and entrypoint are.
         kedro_env: Environment the jobs run in.
-        runtime_params: The run's ``--params``, forwarded to every job.
+        runtime_params: The run's ``--params``, forwarded to every job (a shard job gets
+            ``modelling.shard=<i>`` on top).
         environment: Extra environment (e.g. ``CF_BUCKET``), forwarded to every job.
         tags: Extra tags.
         resources: Instance type, count, volume and runtime per group name
             (``SageMakerSettings.resources_for``); a group without an entry gets ``JobSpec``'s default.
 
     Raises:
-        JobSpecError: If an argument, environment value or tag breaks a SageMaker limit, or a group that is
-            not sharded asks for more than one instance.
+        JobSpecError: If an argument, environment value or tag breaks a SageMaker limit, or a group asks for
+            more than one instance.
     """
     names = job_names(run_id, [g.name for g in groups])
     params = {"run_id": run_id, **(runtime_params or {})}  # a run_id given by the user is forwarded as given
-    param_args = flatten_params(params)
     specs = []
     for group in groups:
         name = names[group.name]
+        param_args = flatten_params(with_param(params, SHARD_PARAM, group.shard) if group.shard else params)
         command = [
             "python3",
             f"{CODE_DIR}/{bundle.entrypoint}",
@@ -383,6 +490,8 @@ def build_job_specs(
             outputs=(JobOutput("meta", META_DIR, f"{run_uri}/jobs/"),),
             tags=job_tags,
             **({"resources": resources[group.name]} if resources and group.name in resources else {}),
+            shard=group.shard,
+            shards=group.shards,
         )
         validate_spec(spec)
         specs.append(spec)
@@ -415,13 +524,23 @@ def validate_spec(spec: JobSpec) -> None:
     for key, value in spec.tags.items():
         if len(value) > TAG_VALUE_MAX_LEN:
             raise JobSpecError(f"Job {spec.name}: tag {key} longer than {TAG_VALUE_MAX_LEN} chars")
-    if spec.resources.instance_count > 1 and spec.group not in SHARDED_GROUPS:
+    if spec.resources.instance_count > 1:
         raise JobSpecError(
-            f"Job group {spec.group!r} asks for instance_count={spec.resources.instance_count}, but it is "
-            "not sharded: every instance would run the same nodes on the same (FullyReplicated) inputs and "
-            "overwrite the same S3 keys, at N times the cost. Set instance_count: 1 in "
-            "conf/cloud/sagemaker.yml (use a bigger instance_type instead); splitting modelling across "
-            "instances will come with the `modelling.shards` parameter."
+            f"Job group {spec.group!r} asks for instance_count={spec.resources.instance_count}: every "
+            "instance would run the same nodes on the same (FullyReplicated) inputs and overwrite the same "
+            "S3 keys, at N times the cost. Set instance_count: 1 in conf/cloud/sagemaker.yml. Shards are "
+            "separate jobs, not instances: nodes tagged `sharded` run as one job per shard "
+            "(`modelling.shards: K`, up to max_concurrent_jobs at once); a bigger instance_type speeds up "
+            "one job."
         )
     if not spec.inputs[0].local_path.startswith(CONTAINER_ROOT):
         raise JobSpecError(f"Job {spec.name}: inputs must live under {CONTAINER_ROOT}")
+
+
+def retry_spec(spec: JobSpec, attempt: int) -> JobSpec:
+    """The same job under its retry name (``retry_job_name``): same nodes, parameters and resources."""
+    name = retry_job_name(spec.name, attempt)
+    command = tuple(arg.replace(f"/{spec.name}.json", f"/{name}.json") for arg in spec.command)
+    return dataclasses.replace(
+        spec, name=name, command=command, environment={**spec.environment, ENV_JOB_NAME: name}
+    )
