@@ -1,0 +1,179 @@
+"""Datasets for a fleet processed shard by shard (``shard-<i>-of-<K>``, see ``capacity_forecaster.sharding``).
+
+A node that works per shard is a generator: each ``yield`` hands one piece to the catalog, which saves it at
+once, so only one shard (or one chunk of the raw export) is in memory at a time.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from functools import partial
+from typing import Any
+
+import fsspec
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from kedro.io import AbstractDataset
+from kedro.io.core import get_filepath_str, get_protocol_and_path
+from kedro_datasets.pandas import ParquetDataset
+
+from capacity_forecaster.sharding import parse_shard_name
+
+logger = logging.getLogger(__name__)
+
+_PART = "part-{:05d}.parquet"
+
+
+class ShardPartsDataset(AbstractDataset[Mapping[str, pd.DataFrame], dict[str, Callable[[], pd.DataFrame]]]):
+    """A directory with one sub-directory per shard, each holding the Parquet parts saved to that shard.
+
+    ``save({shard_name: frame, ...})`` adds one part file per shard (``<shard>/part-00000.parquet``, then
+    ``part-00001``...), so a generator node can route a large export chunk by chunk. The first save of a run
+    (of this dataset instance) empties the directory, so parts of an older run are never mixed in.
+    ``load()`` returns ``{shard_name: callable}`` like ``PartitionedDataset``: each callable reads that shard's
+    parts (in order) into one frame, so a consumer holds one shard at a time.
+
+    Example catalog entry::
+
+        raw_metric_shards:
+          type: capacity_forecaster.datasets.shards.ShardPartsDataset
+          filepath: ${globals:data_root}/02_intermediate/raw_metric_shards
+    """
+
+    def __init__(
+        self,
+        *,
+        filepath: str,
+        credentials: dict[str, Any] | None = None,
+        fs_args: dict[str, Any] | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        """Creates the dataset on a local path or fsspec URL (``s3://...``).
+
+        Args:
+            filepath: Directory of the shards.
+            credentials: fsspec credentials (e.g. ``key``/``secret`` for S3).
+            fs_args: Extra arguments for the fsspec filesystem.
+            metadata: Free-form metadata (e.g. the kedro-viz layer); not used by the dataset.
+        """
+        self._path = str(filepath)
+        protocol, self._dir = get_protocol_and_path(self._path)
+        self._protocol = protocol
+        self._fs = fsspec.filesystem(protocol, **(credentials or {}), **(fs_args or {}))
+        self._parts_saved: dict[str, int] | None = None  # None until the first save of this instance
+        self.metadata = metadata
+
+    def save(self, data: Mapping[str, pd.DataFrame]) -> None:
+        """Adds one Parquet part per shard in ``data`` (keys are shard names); empty frames are skipped."""
+        if self._parts_saved is None:
+            if self._fs.exists(self._dir):
+                self._fs.rm(self._dir, recursive=True)
+            self._parts_saved = {}
+        for name, frame in data.items():
+            parse_shard_name(name)  # refuses anything that is not a shard name
+            if frame.empty:
+                continue
+            index = self._parts_saved.get(name, 0)
+            folder = f"{self._dir}/{name}"
+            self._fs.makedirs(folder, exist_ok=True)
+            with self._fs.open(f"{folder}/{_PART.format(index)}", mode="wb") as stream:
+                frame.to_parquet(stream, index=False)
+            self._parts_saved[name] = index + 1
+
+    def load(self) -> dict[str, Callable[[], pd.DataFrame]]:
+        """``{shard_name: callable}`` for every shard directory; the callable returns its parts as one frame."""
+        if not self._fs.exists(self._dir):
+            return {}
+        names = [p.rstrip("/").split("/")[-1] for p in self._fs.ls(self._dir, detail=False)]
+        shards = sorted((n for n in names if _is_shard_name(n)), key=parse_shard_name)
+        return {name: partial(self._load_shard, name) for name in shards}
+
+    def _load_shard(self, name: str) -> pd.DataFrame:
+        """One shard's parts concatenated in order (each part is read alone: their dtypes may differ)."""
+        files = sorted(self._fs.glob(f"{self._dir}/{name}/part-*.parquet"))
+        frames = []
+        for file in files:
+            with self._fs.open(file, mode="rb") as stream:
+                frames.append(pd.read_parquet(stream))
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+    def _exists(self) -> bool:
+        return bool(self._fs.exists(self._dir))
+
+    def _describe(self) -> dict[str, Any]:
+        return {"filepath": self._path}
+
+
+def _is_shard_name(name: str) -> bool:
+    try:
+        parse_shard_name(name)
+    except ValueError:
+        return False
+    return True
+
+
+class ShardedParquetDataset(ParquetDataset):
+    """``pandas.ParquetDataset`` (one Parquet file, loaded as one frame) that can also be saved shard by shard.
+
+    Saving a ``DataFrame`` works as in ``pandas.ParquetDataset``. Saving ``{"shard-<i>-of-<K>": frame}``
+    appends that frame as row groups of the file; the file is complete when shard ``K`` has been saved (until
+    then it is written to ``<file>.partial``, so readers never see half a fleet). A generator node can so write
+    a fleet-sized table while holding one shard in memory, and every consumer still loads one ordinary Parquet
+    file. Shards must come in order ``1..K``; empty frames add nothing.
+
+    Example catalog entry::
+
+        clean_server_metrics:
+          type: capacity_forecaster.datasets.shards.ShardedParquetDataset
+          filepath: ${globals:data_root}/03_primary/clean_server_metrics.parquet
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        """Takes the arguments of ``kedro_datasets.pandas.ParquetDataset``."""
+        super().__init__(**kwargs)
+        self._writer: pq.ParquetWriter | None = None
+        self._stream: Any = None
+        self._next_shard: tuple[int, int] | None = None  # (expected index, K) while a shard stream is open
+
+    def save(self, data: pd.DataFrame | Mapping[str, pd.DataFrame]) -> None:
+        """Saves a frame, or appends one shard (``{shard_name: frame}``) and completes the file after shard K."""
+        if isinstance(data, pd.DataFrame):
+            super().save(data)
+            return
+        for name, frame in data.items():
+            self._append_shard(name, frame)
+
+    def _append_shard(self, name: str, frame: pd.DataFrame) -> None:
+        index, shards = parse_shard_name(name)
+        expected = self._next_shard or (1, shards)
+        if (index, shards) != expected:
+            self._abort()
+            raise ValueError(f"{self._filepath}: got {name}, expected {expected} (shards are saved in order)")
+        path = get_filepath_str(self._get_save_path(), self._protocol)
+        if not frame.empty:
+            table = pa.Table.from_pandas(frame, preserve_index=False)
+            if self._writer is None:
+                self._stream = self._fs.open(f"{path}.partial", mode="wb")
+                self._writer = pq.ParquetWriter(self._stream, table.schema)
+            self._writer.write_table(table.cast(self._writer.schema))
+        self._next_shard = (index + 1, shards)
+        if index == shards:
+            self._finish(path)
+
+    def _finish(self, path: str) -> None:
+        """Closes the file and moves it in place."""
+        if self._writer is None:
+            raise ValueError(f"{self._filepath}: every shard was empty, nothing to write")
+        self._writer.close()
+        self._stream.close()
+        self._fs.mv(f"{path}.partial", path)
+        self._writer = self._stream = self._next_shard = None
+        logger.info("Wrote %s shard by shard", path)
+
+    def _abort(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._stream.close()
+        self._writer = self._stream = self._next_shard = None
