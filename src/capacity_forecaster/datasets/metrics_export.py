@@ -105,7 +105,9 @@ class MetricsExportDataset(AbstractDataset[pd.DataFrame, pd.DataFrame | Iterator
             ValueError: If the suffix is not a supported format or ``chunk_rows`` is not positive.
         """
         if chunk_rows is not None and (isinstance(chunk_rows, bool) or int(chunk_rows) < 1):
-            raise ValueError(f"MetricsExportDataset: chunk_rows must be a positive integer, got {chunk_rows!r}")
+            raise ValueError(
+                f"MetricsExportDataset: chunk_rows must be a positive integer, got {chunk_rows!r}"
+            )
         self._chunk_rows = None if chunk_rows is None else int(chunk_rows)
         self._filepath = str(filepath)
         self._gzip_save = False

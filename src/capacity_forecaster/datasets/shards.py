@@ -91,13 +91,20 @@ class ShardPartsDataset(AbstractDataset[Mapping[str, pd.DataFrame], dict[str, Ca
         return {name: partial(self._load_shard, name) for name in shards}
 
     def _load_shard(self, name: str) -> pd.DataFrame:
-        """One shard's parts concatenated in order (each part is read alone: their dtypes may differ)."""
-        files = sorted(self._fs.glob(f"{self._dir}/{name}/part-*.parquet"))
-        frames = []
-        for file in files:
+        """One shard's parts concatenated in order, joined in Arrow (one copy into pandas). Parts whose column
+        types differ (a chunk of text in a numeric column) are joined by pandas instead."""
+        tables = []
+        for file in sorted(self._fs.glob(f"{self._dir}/{name}/part-*.parquet")):
             with self._fs.open(file, mode="rb") as stream:
-                frames.append(pd.read_parquet(stream))
-        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+                tables.append(pq.read_table(stream))
+        if not tables:
+            return pd.DataFrame()
+        try:
+            table = pa.concat_tables(tables)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            return pd.concat([t.to_pandas() for t in tables], ignore_index=True)
+        del tables
+        return table.to_pandas(self_destruct=True)
 
     def _exists(self) -> bool:
         return bool(self._fs.exists(self._dir))

@@ -174,7 +174,9 @@ def test_sub_daily_export_sharded_keeps_every_rule(tmp_path):
     report3["source"] = report1["source"]
     assert without_shards(report3) == without_shards(report1)
     assert report1["sampling"] == "sub-daily" and len(report1["unknown_servers"]) == 10
-    assert report1["sparse_edge_days_dropped"] >= 10 and set(report1["days_replaced_by_rule"]) == {"partial_day"}
+    assert report1["sparse_edge_days_dropped"] >= 10 and set(report1["days_replaced_by_rule"]) == {
+        "partial_day"
+    }
     for key in (*COUNTS, "subdaily_samples_aggregated", "sparse_days_blanked", "outliers_kept_sub_daily"):
         assert sum(s[key] for s in report3["shards"].values()) == report1[key], key
 
@@ -225,7 +227,10 @@ def test_shard_parts_of_an_older_run_are_not_mixed_in(tmp_path):
     first = ShardPartsDataset(filepath=str(tmp_path / "parts"))
     first.save({"shard-1-of-2": pd.DataFrame({"x": [1]}), "shard-2-of-2": pd.DataFrame({"x": [2]})})
     first.save({"shard-1-of-2": pd.DataFrame({"x": [3]}), "shard-2-of-2": pd.DataFrame({"x": []})})
-    assert {k: v()["x"].tolist() for k, v in first.load().items()} == {"shard-1-of-2": [1, 3], "shard-2-of-2": [2]}
+    assert {k: v()["x"].tolist() for k, v in first.load().items()} == {
+        "shard-1-of-2": [1, 3],
+        "shard-2-of-2": [2],
+    }
     second = ShardPartsDataset(filepath=str(tmp_path / "parts"))  # a new run
     second.save({"shard-1-of-1": pd.DataFrame({"x": [5]})})
     assert {k: v()["x"].tolist() for k, v in second.load().items()} == {"shard-1-of-1": [5]}

@@ -38,6 +38,7 @@ _NS_PER_DAY = 86_400_000_000_000
 _DEFAULT_MIN_DATE = "2000-01-01"
 _FLOOR = "partial_floor_"  # daily column prefix: lower bound of a partial day's P95 (aggregation -> cleaning)
 _MIN_ROWS_RATIO_CHECK = 100  # fewer finite values than this: too few to call a metric a ratio
+_SPLIT_ROWS = 1_000_000  # rows routed at a time when the export was loaded whole
 _ROW = "_row"  # a shard's column: each row's 0-based position in the export, for error messages
 
 
@@ -1195,11 +1196,15 @@ _ADDITIVE_COUNTS = (
 
 
 def _chunks_of(raw: pd.DataFrame | Iterable[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-    """The export as chunks: a loaded frame is one chunk; an iterator (``chunk_rows`` in the catalog) is read."""
-    if isinstance(raw, pd.DataFrame):
-        yield raw
-    else:
+    """The export as chunks: an iterator (``chunk_rows`` in the catalog) as it comes, a loaded frame in slices
+    of ``_SPLIT_ROWS`` (routing copies one slice at a time, not the whole export)."""
+    if not isinstance(raw, pd.DataFrame):
         yield from raw
+        return
+    for start in range(0, max(len(raw), 1), _SPLIT_ROWS):
+        piece = raw.iloc[start : start + _SPLIT_ROWS]
+        piece.attrs = {**raw.attrs, "first_row": start}
+        yield piece
 
 
 def _shards_of_ids(ids: pd.Series, shards: int) -> np.ndarray:
@@ -1256,8 +1261,13 @@ def split_raw_metrics(
         for name, part in parts.items():
             plan["rows"][name] += len(part)
         plan["chunks"] += 1
-        logger.info("Routed rows %d..%d of %s to %d shard(s)", first_row, first_row + len(chunk) - 1,
-                    plan["source"], count)
+        logger.info(
+            "Routed rows %d..%d of %s to %d shard(s)",
+            first_row,
+            first_row + len(chunk) - 1,
+            plan["source"],
+            count,
+        )
         yield parts, plan
 
 
@@ -1444,7 +1454,8 @@ def _merge_stage_stats(parts: list[dict[str, Any]]) -> tuple[dict[str, Any], dic
         ),
         "days_replaced_by_rule": by_rule,
         "replaced_days": sorted(
-            (d for x in cs for d in x["replaced_days"]), key=lambda d: (d["server_id"], d["date"], d["metric"])
+            (d for x in cs for d in x["replaced_days"]),
+            key=lambda d: (d["server_id"], d["date"], d["metric"]),
         ),
         "server_last_days": pd.concat([x["server_last_days"] for x in cs], ignore_index=True),
     }
