@@ -234,3 +234,35 @@ def test_shard_parts_of_an_older_run_are_not_mixed_in(tmp_path):
     second = ShardPartsDataset(filepath=str(tmp_path / "parts"))  # a new run
     second.save({"shard-1-of-1": pd.DataFrame({"x": [5]})})
     assert {k: v()["x"].tolist() for k, v in second.load().items()} == {"shard-1-of-1": [5]}
+
+
+def test_yielded_shards_are_released_once_saved(tmp_path):
+    """Kedro keeps a multi-output generator node's items (itertools.tee) until the node ends: the nodes empty
+    what they yielded when resumed, so only one chunk or shard stays in memory."""
+    raw, servers = dirty_fleet()
+    split = split_raw_metrics(raw, servers, {}, 2, 2500)
+    parts, plan = next(split)
+    assert sum(len(p) for p in parts.values()) == len(raw)
+    parts_ds = ShardPartsDataset(filepath=str(tmp_path / "parts"))
+    parts_ds.save(parts)
+    assert next(split, None) is None and parts == {}
+    cleaning = {k: v for k, v in CLEAN_DEFAULTS.items() if k not in CALENDAR}
+    shards = clean_metric_shards(
+        parts_ds.load(),
+        plan,
+        servers,
+        column_mapping={},
+        throughput_capacity={},
+        unknown_servers="drop",
+        valid_date_range=None,
+        value_scale=None,
+        min_daily_coverage=PARAMS["min_daily_coverage"],
+        lags=PARAMS["lags"],
+        rolling_windows=PARAMS["rolling_windows"],
+        **cleaning,
+        **CALENDAR,
+    )
+    clean, features, _ = next(shards)
+    assert len(clean["shard-1-of-2"]) and len(features["shard-1-of-2"])
+    next(shards)
+    assert clean == {} and features == {}

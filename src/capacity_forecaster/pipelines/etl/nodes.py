@@ -1195,6 +1195,17 @@ _ADDITIVE_COUNTS = (
 )
 
 
+def _release(*saved: dict[str, pd.DataFrame]) -> None:
+    """Empties dicts a generator node yielded once Kedro has saved them (it resumes the generator only then).
+
+    Kedro splits the items of a generator node with several outputs with ``itertools.tee``, which keeps up to
+    57 items alive until the node ends; emptying them is what bounds memory by one shard or chunk.
+    """
+    for mapping in saved:
+        mapping.clear()
+    pa.default_memory_pool().release_unused()  # hand freed Arrow buffers back to the OS
+
+
 def _chunks_of(raw: pd.DataFrame | Iterable[pd.DataFrame]) -> Iterator[pd.DataFrame]:
     """The export as chunks: an iterator (``chunk_rows`` in the catalog) as it comes, a loaded frame in slices
     of ``_SPLIT_ROWS`` (routing copies one slice at a time, not the whole export)."""
@@ -1269,6 +1280,7 @@ def split_raw_metrics(
             count,
         )
         yield parts, plan
+        _release(parts)
 
 
 def _inventory_part(server_inventory: pd.DataFrame, index: int, shards: int) -> pd.DataFrame:
@@ -1374,8 +1386,10 @@ def clean_metric_shards(  # noqa: PLR0913 - the parameters of every etl step, ea
         features = build_server_features(clean, lags, rolling_windows, **calendar)
         stats[name] = {"validation": v_stats, "aggregation": a_stats, "cleaning": c_stats}
         logger.info("etl %s: %d raw rows -> %d clean rows", name, v_stats["rows_in"], c_stats["rows_out"])
-        yield {name: clean}, {name: features}, stats
+        clean_part, features_part = {name: clean}, {name: features}
         del clean, features
+        yield clean_part, features_part, stats
+        _release(clean_part, features_part)
 
 
 def _sum(parts: list[dict[str, Any]], keys: Iterable[str]) -> dict[str, int]:
