@@ -124,11 +124,12 @@ def _is_shard_name(name: str) -> bool:
 class ShardedParquetDataset(ParquetDataset):
     """``pandas.ParquetDataset`` (one Parquet file, loaded as one frame) that can also be saved shard by shard.
 
-    Saving a ``DataFrame`` works as in ``pandas.ParquetDataset``. Saving ``{"shard-<i>-of-<K>": frame}``
-    appends that frame as row groups of the file; the file is complete when shard ``K`` has been saved (until
-    then it is written to ``<file>.partial``, so readers never see half a fleet). A generator node can so write
-    a fleet-sized table while holding one shard in memory, and every consumer still loads one ordinary Parquet
-    file. Shards must come in order ``1..K``; empty frames add nothing.
+    Saving a ``DataFrame`` works as in ``pandas.ParquetDataset``. Saving ``{"shard-<i>-of-<K>": frame}`` writes
+    that shard to ``<file>.parts/``; saving shard ``K`` then copies the parts, row group by row group, into the
+    file and removes them. A generator node can so write a fleet-sized table while holding one shard in memory,
+    every consumer still loads one ordinary Parquet file, and each save is complete in itself (the cloud env's
+    guard commits every save in its own S3 transaction). Shards must come in order ``1..K``; empty frames add
+    nothing.
 
     Example catalog entry::
 
@@ -140,47 +141,48 @@ class ShardedParquetDataset(ParquetDataset):
     def __init__(self, **kwargs: Any) -> None:
         """Takes the arguments of ``kedro_datasets.pandas.ParquetDataset``."""
         super().__init__(**kwargs)
-        self._writer: pq.ParquetWriter | None = None
-        self._stream: Any = None
-        self._next_shard: tuple[int, int] | None = None  # (expected index, K) while a shard stream is open
+        self._next_shard: tuple[int, int] | None = None  # (expected index, K) while shards are being saved
 
     def save(self, data: pd.DataFrame | Mapping[str, pd.DataFrame]) -> None:
-        """Saves a frame, or appends one shard (``{shard_name: frame}``) and completes the file after shard K."""
+        """Saves a frame, or one shard (``{shard_name: frame}``); the file is written when shard K is saved."""
         if isinstance(data, pd.DataFrame):
             super().save(data)
             return
         for name, frame in data.items():
-            self._append_shard(name, frame)
+            self._save_shard(name, frame)
 
-    def _append_shard(self, name: str, frame: pd.DataFrame) -> None:
+    def _save_shard(self, name: str, frame: pd.DataFrame) -> None:
         index, shards = parse_shard_name(name)
         expected = self._next_shard or (1, shards)
         if (index, shards) != expected:
-            self._abort()
+            self._next_shard = None
             raise ValueError(f"{self._filepath}: got {name}, expected {expected} (shards are saved in order)")
         path = get_filepath_str(self._get_save_path(), self._protocol)
+        parts = f"{path}.parts"
+        if index == 1 and self._fs.exists(parts):
+            self._fs.rm(parts, recursive=True)  # an interrupted run's parts
         if not frame.empty:
-            table = pa.Table.from_pandas(frame, preserve_index=False)
-            if self._writer is None:
-                self._stream = self._fs.open(f"{path}.partial", mode="wb")
-                self._writer = pq.ParquetWriter(self._stream, table.schema)
-            self._writer.write_table(table.cast(self._writer.schema))
-        self._next_shard = (index + 1, shards)
+            self._fs.makedirs(parts, exist_ok=True)
+            with self._fs.open(f"{parts}/{name}.parquet", mode="wb") as stream:
+                pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), stream)
+        self._next_shard = None if index == shards else (index + 1, shards)
         if index == shards:
-            self._finish(path)
+            self._combine(parts, path)
 
-    def _finish(self, path: str) -> None:
-        """Closes the file and moves it in place."""
-        if self._writer is None:
+    def _combine(self, parts: str, path: str) -> None:
+        """Copies the parts in shard order into one file, one row group in memory at a time."""
+        files = sorted(self._fs.glob(f"{parts}/shard-*.parquet"), key=parse_shard_name)
+        if not files:
             raise ValueError(f"{self._filepath}: every shard was empty, nothing to write")
-        self._writer.close()
-        self._stream.close()
-        self._fs.mv(f"{path}.partial", path)
-        self._writer = self._stream = self._next_shard = None
-        logger.info("Wrote %s shard by shard", path)
-
-    def _abort(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            self._stream.close()
-        self._writer = self._stream = self._next_shard = None
+        writer = None
+        with self._fs.open(path, mode="wb") as out:
+            for file in files:
+                with self._fs.open(file, mode="rb") as stream:
+                    source = pq.ParquetFile(stream)
+                    if writer is None:
+                        writer = pq.ParquetWriter(out, source.schema_arrow)
+                    for group in range(source.num_row_groups):
+                        writer.write_table(source.read_row_group(group).cast(writer.schema))
+            writer.close()
+        self._fs.rm(parts, recursive=True)
+        logger.info("Wrote %s from %d shard(s)", path, len(files))

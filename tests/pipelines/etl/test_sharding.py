@@ -217,6 +217,7 @@ def test_sharded_parquet_appears_only_after_the_last_shard_and_in_order(tmp_path
     assert not path.exists()
     dataset.save({"shard-2-of-2": pd.DataFrame({"x": [3]})})
     assert dataset.load()["x"].tolist() == [1, 2, 3]
+    assert not (tmp_path / "table.parquet.parts").exists()  # the shards' parts are removed
     with pytest.raises(DatasetError, match="got shard-2-of-2, expected"):
         dataset.save({"shard-2-of-2": pd.DataFrame({"x": [4]})})
     dataset.save(pd.DataFrame({"x": [9]}))  # a plain frame still saves as in pandas.ParquetDataset
