@@ -267,3 +267,30 @@ def test_yielded_shards_are_released_once_saved(tmp_path):
     assert len(clean["shard-1-of-2"]) and len(features["shard-1-of-2"])
     next(shards)
     assert clean == {} and features == {}
+
+
+def test_kedro_run_with_three_shards_equals_one_shard(kedro_session, data_root):
+    """``kedro run --pipelines etl --params etl.shards=3`` through the catalog: the raw split on disk, the clean
+    and feature tables (one Parquet file each) and the report equal the one-shard run's."""
+    fleet = {"data_generation": {"n_servers": 16, "history_days": 400}}
+    kedro_session(runtime_params=fleet).run(pipeline_names=["data_generation", "etl"])
+    outputs = ("clean_server_metrics", "server_features", "data_quality_report")
+    catalog = kedro_session().load_context().catalog
+    one = {name: catalog.load(name) for name in outputs}
+
+    kedro_session(runtime_params={"etl": {"shards": 3}}).run(pipeline_names=["etl"])
+    catalog = kedro_session().load_context().catalog
+    three = {name: catalog.load(name) for name in outputs}
+
+    assert sorted(p.name for p in (data_root / "02_intermediate/raw_metric_shards").iterdir()) == [
+        shard_name(i, 3) for i in (1, 2, 3)
+    ]
+    assert (data_root / "03_primary/clean_server_metrics.parquet").is_file()
+    pd.testing.assert_frame_equal(by_keys(three["clean_server_metrics"]), by_keys(one["clean_server_metrics"]))
+    pd.testing.assert_frame_equal(
+        by_keys(three["server_features"]), by_keys(one["server_features"]), check_exact=False, atol=1e-4
+    )
+    report1, report3 = one["data_quality_report"], three["data_quality_report"]
+    assert without_shards(report3) == without_shards(report1) and report1["duplicates_removed"] > 0
+    for key in COUNTS:
+        assert sum(s[key] for s in report3["shards"].values()) == report1[key], key
