@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from functools import partial
+from pathlib import PurePosixPath
 from typing import Any
 
 import fsspec
@@ -61,6 +62,7 @@ class ShardPartsDataset(AbstractDataset[Mapping[str, pd.DataFrame], dict[str, Ca
         self._path = str(filepath)
         protocol, self._dir = get_protocol_and_path(self._path)
         self._protocol = protocol
+        self._filepath = PurePosixPath(self._dir)  # as in kedro-datasets: the cloud env's S3 guard reads it
         self._fs = fsspec.filesystem(protocol, **(credentials or {}), **(fs_args or {}))
         self._parts_saved: dict[str, int] | None = None  # None until the first save of this instance
         self.metadata = metadata
@@ -161,28 +163,32 @@ class ShardedParquetDataset(ParquetDataset):
         parts = f"{path}.parts"
         if index == 1 and self._fs.exists(parts):
             self._fs.rm(parts, recursive=True)  # an interrupted run's parts
-        if not frame.empty:
+        last = pa.Table.from_pandas(frame, preserve_index=False) if not frame.empty else None
+        self._next_shard = None if index == shards else (index + 1, shards)
+        if index == shards:  # written with the file: a part saved now would not be visible in an S3 transaction
+            self._combine(parts, path, last)
+        elif last is not None:
             self._fs.makedirs(parts, exist_ok=True)
             with self._fs.open(f"{parts}/{name}.parquet", mode="wb") as stream:
-                pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), stream)
-        self._next_shard = None if index == shards else (index + 1, shards)
-        if index == shards:
-            self._combine(parts, path)
+                pq.write_table(last, stream)
 
-    def _combine(self, parts: str, path: str) -> None:
-        """Copies the parts in shard order into one file, one row group in memory at a time."""
+    def _combine(self, parts: str, path: str, last: pa.Table | None) -> None:
+        """Copies the parts in shard order, then the last shard, into one file (one row group in memory)."""
         files = sorted(self._fs.glob(f"{parts}/shard-*.parquet"), key=parse_shard_name)
-        if not files:
+        if not files and last is None:
             raise ValueError(f"{self._filepath}: every shard was empty, nothing to write")
         writer = None
         with self._fs.open(path, mode="wb") as out:
             for file in files:
                 with self._fs.open(file, mode="rb") as stream:
                     source = pq.ParquetFile(stream)
-                    if writer is None:
-                        writer = pq.ParquetWriter(out, source.schema_arrow)
+                    writer = writer or pq.ParquetWriter(out, source.schema_arrow)
                     for group in range(source.num_row_groups):
                         writer.write_table(source.read_row_group(group).cast(writer.schema))
+            if last is not None:
+                writer = writer or pq.ParquetWriter(out, last.schema)
+                writer.write_table(last.cast(writer.schema))
             writer.close()
-        self._fs.rm(parts, recursive=True)
-        logger.info("Wrote %s from %d shard(s)", path, len(files))
+        if files:
+            self._fs.rm(parts, recursive=True)
+        logger.info("Wrote %s from %d shard(s)", path, len(files) + (last is not None))
