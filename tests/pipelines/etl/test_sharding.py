@@ -5,8 +5,10 @@ import json
 
 import pandas as pd
 import pytest
+import s3fs
 from kedro.io import DatasetError
 
+from capacity_forecaster.cloud.hooks import guard_dataset
 from capacity_forecaster.datasets.metrics_export import MetricsExportDataset
 from capacity_forecaster.datasets.shards import ShardedParquetDataset, ShardPartsDataset
 from capacity_forecaster.pipelines.etl.nodes import (
@@ -294,3 +296,18 @@ def test_kedro_run_with_three_shards_equals_one_shard(kedro_session, data_root):
     assert without_shards(report3) == without_shards(report1) and report1["duplicates_removed"] > 0
     for key in COUNTS:
         assert sum(s[key] for s in report3["shards"].values()) == report1[key], key
+
+
+def test_shard_datasets_on_s3_under_the_cloud_guard(aws):
+    """On S3 the cloud env commits every save in its own transaction: shards saved one by one still make one
+    file, and the raw parts round-trip."""
+    s3fs.S3FileSystem().mkdir("cf-shards")
+    table = ShardedParquetDataset(filepath="s3://cf-shards/processed/clean.parquet")
+    parts = ShardPartsDataset(filepath="s3://cf-shards/processed/raw_metric_shards")
+    assert guard_dataset("clean_server_metrics", table) and guard_dataset("raw_metric_shards", parts)
+    for i in (1, 2, 3):
+        table.save({shard_name(i, 3): pd.DataFrame({"x": [i, i]}) if i != 2 else pd.DataFrame()})
+        parts.save({shard_name(i, 3): pd.DataFrame({"x": [i]})})
+    assert table.load()["x"].tolist() == [1, 1, 3, 3]
+    assert not s3fs.S3FileSystem().exists("cf-shards/processed/clean.parquet.parts")
+    assert {k: v()["x"].tolist() for k, v in parts.load().items()} == {shard_name(i, 3): [i] for i in (1, 2, 3)}
