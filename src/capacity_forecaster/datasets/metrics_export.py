@@ -7,11 +7,13 @@ import gzip
 import io
 import logging
 import zlib
+from collections.abc import Iterator
 from typing import Any
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
 from kedro.io import AbstractDataset
 from kedro.io.core import get_filepath_str
 from kedro_datasets.pandas import CSVDataset, ParquetDataset
@@ -52,7 +54,7 @@ def _delimiter(header: str) -> str:
     return best if counts[best] else ","
 
 
-class MetricsExportDataset(AbstractDataset[pd.DataFrame, pd.DataFrame]):
+class MetricsExportDataset(AbstractDataset[pd.DataFrame, pd.DataFrame | Iterator[pd.DataFrame]]):
     """Loads a metrics export (CSV, ``.csv.gz`` or Parquet) on any fsspec path.
 
     The format on load follows the file's content, not only its suffix: a Parquet file named ``.csv`` is read
@@ -65,6 +67,10 @@ class MetricsExportDataset(AbstractDataset[pd.DataFrame, pd.DataFrame]):
     Saving writes the same format; a ``.gz`` suffix is written as gzip CSV. Reading and writing are delegated to
     ``kedro_datasets.pandas.CSVDataset`` / ``ParquetDataset``, so ``load_args``, ``save_args``, ``credentials``
     and ``fs_args`` mean what they mean there.
+
+    With ``chunk_rows`` set, ``load()`` returns an iterator of frames of at most that many rows instead of one
+    frame (memory bounded by a chunk for an export of any size); each chunk carries ``attrs["source"]`` and
+    ``attrs["first_row"]``, its first row's 0-based position in the export.
 
     Example catalog entry::
 
@@ -82,6 +88,7 @@ class MetricsExportDataset(AbstractDataset[pd.DataFrame, pd.DataFrame]):
         credentials: dict[str, Any] | None = None,
         fs_args: dict[str, Any] | None = None,
         metadata: dict[str, Any] | None = None,
+        chunk_rows: int | None = None,
     ) -> None:
         """Creates the dataset; the format follows the suffix of ``filepath``.
 
@@ -92,10 +99,16 @@ class MetricsExportDataset(AbstractDataset[pd.DataFrame, pd.DataFrame]):
             credentials: fsspec credentials (e.g. ``key``/``secret`` for S3).
             fs_args: Extra arguments for the fsspec filesystem.
             metadata: Free-form metadata (e.g. the kedro-viz layer); not used by the dataset.
+            chunk_rows: Load an iterator of frames of at most this many rows (``None``: one frame).
 
         Raises:
-            ValueError: If the suffix is not a supported format.
+            ValueError: If the suffix is not a supported format or ``chunk_rows`` is not positive.
         """
+        if chunk_rows is not None and (isinstance(chunk_rows, bool) or int(chunk_rows) < 1):
+            raise ValueError(
+                f"MetricsExportDataset: chunk_rows must be a positive integer, got {chunk_rows!r}"
+            )
+        self._chunk_rows = None if chunk_rows is None else int(chunk_rows)
         self._filepath = str(filepath)
         self._gzip_save = False
         self.metadata = metadata
@@ -121,8 +134,9 @@ class MetricsExportDataset(AbstractDataset[pd.DataFrame, pd.DataFrame]):
                 f"one of {', '.join(_CSV_SUFFIXES + _PARQUET_SUFFIXES)}"
             )
 
-    def load(self) -> pd.DataFrame:
-        """Loads the export in the format its content shows and records its path in ``attrs["source"]``.
+    def load(self) -> pd.DataFrame | Iterator[pd.DataFrame]:
+        """Loads the export in the format its content shows and records its path in ``attrs["source"]``
+        (an iterator of chunks when ``chunk_rows`` is set).
 
         Raises:
             ValueError: If the file is neither CSV nor Parquet.
@@ -141,9 +155,36 @@ class MetricsExportDataset(AbstractDataset[pd.DataFrame, pd.DataFrame]):
                 self._format,
                 kind,
             )
+        if self._chunk_rows is not None:
+            return self._chunks(kind, detail, gzipped)
         frame = self._reader(kind, detail, gzipped).load()
         frame.attrs["source"] = self._filepath
         return frame
+
+    def _chunks(self, kind: str, header: str, gzipped: bool) -> Iterator[pd.DataFrame]:
+        """The export in frames of at most ``chunk_rows`` rows, read lazily."""
+        if kind == "parquet":
+            path = get_filepath_str(self._delegate._get_load_path(), self._delegate._protocol)
+            with self._delegate._fs.open(path, mode="rb") as stream:
+                batches = pq.ParquetFile(stream).iter_batches(batch_size=self._chunk_rows)
+                yield from self._numbered(batch.to_pandas() for batch in batches)
+            return
+        reader = self._reader(kind, header, gzipped)
+        load_args = {**reader._load_args, "chunksize": self._chunk_rows}
+        csv_chunks = CSVDataset(
+            filepath=self._filepath, credentials=self._credentials, fs_args=self._fs_args, load_args=load_args
+        ).load()
+        with csv_chunks:
+            yield from self._numbered(csv_chunks)
+
+    def _numbered(self, frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        """Sets ``source`` and ``first_row`` (0-based position in the export) on every chunk."""
+        first_row = 0
+        for frame in frames:
+            frame = frame.reset_index(drop=True)
+            frame.attrs.update(source=self._filepath, first_row=first_row)
+            first_row += len(frame)
+            yield frame
 
     def _read_head(self) -> bytes:
         """The first bytes of the file, through the delegate's filesystem (credentials and fs_args apply)."""
@@ -191,4 +232,4 @@ class MetricsExportDataset(AbstractDataset[pd.DataFrame, pd.DataFrame]):
         return self._delegate.exists()
 
     def _describe(self) -> dict[str, Any]:
-        return {"filepath": self._filepath, "format": self._format}
+        return {"filepath": self._filepath, "format": self._format, "chunk_rows": self._chunk_rows}

@@ -110,11 +110,9 @@ def test_etl_pipeline_names_the_catalog_file_on_bad_input(kedro_session, data_ro
 def test_pipeline_nodes_are_named_and_namespaced():
     pipeline = create_pipeline()
     assert {n.name for n in pipeline.nodes} == {
-        "etl.validate_raw_metrics_node",
-        "etl.aggregate_daily_metrics_node",
-        "etl.clean_daily_metrics_node",
+        "etl.split_raw_metrics_node",
+        "etl.clean_metric_shards_node",
         "etl.build_data_quality_report_node",
-        "etl.build_server_features_node",
     }
     assert pipeline.inputs() >= {"raw_server_metrics", "server_inventory"}
     assert {"clean_server_metrics", "server_features", "data_quality_report"} <= pipeline.all_outputs()

@@ -11,6 +11,7 @@ daily calendar each series is a contiguous array, so nothing loops over servers 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -21,6 +22,7 @@ import pyarrow.compute as pc
 from capacity_forecaster.calendar import calendar_features
 from capacity_forecaster.freshness import analysis_date, find_stale_servers
 from capacity_forecaster.schema import METRICS
+from capacity_forecaster.sharding import resolve_shard_count, shard_name, shard_of
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +38,8 @@ _NS_PER_DAY = 86_400_000_000_000
 _DEFAULT_MIN_DATE = "2000-01-01"
 _FLOOR = "partial_floor_"  # daily column prefix: lower bound of a partial day's P95 (aggregation -> cleaning)
 _MIN_ROWS_RATIO_CHECK = 100  # fewer finite values than this: too few to call a metric a ratio
+_SPLIT_ROWS = 1_000_000  # rows routed at a time when the export was loaded whole
+_ROW = "_row"  # a shard's column: each row's 0-based position in the export, for error messages
 
 
 class RawMetricsError(ValueError):
@@ -64,7 +68,10 @@ def _examples(frame: pd.DataFrame, bad: np.ndarray, columns: list[str]) -> str:
     """Formats the first offending rows as ``row i (col='v', ...)`` (``i`` = 0-based data row)."""
     rows = np.flatnonzero(bad)[:_N_EXAMPLES]
     shown = [c for c in columns if c in frame.columns]
-    return "; ".join(f"row {i} (" + ", ".join(f"{c}={frame[c].iloc[i]!r}" for c in shown) + ")" for i in rows)
+    label = frame[_ROW].to_numpy() if _ROW in frame.columns else np.arange(len(frame))  # a shard: export rows
+    return "; ".join(
+        f"row {label[i]} (" + ", ".join(f"{c}={frame[c].iloc[i]!r}" for c in shown) + ")" for i in rows
+    )
 
 
 def _problem(source: str, column: str, bad: np.ndarray, frame: pd.DataFrame, what: str) -> str:
@@ -188,6 +195,7 @@ def validate_raw_metrics(  # noqa: PLR0912, PLR0915 (one check after the other, 
     frame = raw_server_metrics.rename(columns=dict(column_mapping or {}))
     missing = [c for c in _REQUIRED if c not in frame.columns]
     if missing:
+        frame = frame.drop(columns=[_ROW], errors="ignore")
         first = frame.head(_N_EXAMPLES).to_dict(orient="records")
         joined = [d for d in (";", "\t", "|") if any(d in str(c) for c in frame.columns)]
         hint = (
@@ -201,9 +209,9 @@ def validate_raw_metrics(  # noqa: PLR0912, PLR0915 (one check after the other, 
             f"example rows: {first}. Rename them with params:etl.column_mapping (e.g. {{cpu_pct: cpu_p95}})."
             + hint
         )
-    frame = frame[_REQUIRED]
+    frame = frame[_REQUIRED + [_ROW]] if _ROW in frame.columns else frame[_REQUIRED]
     if frame.empty:
-        raise RawMetricsError(f"file {source}: no data rows (columns {list(frame.columns)})")
+        raise RawMetricsError(f"file {source}: no data rows (columns {_REQUIRED})")
     problems: list[str] = []
     low, end = _date_bounds(valid_date_range)
     scales = _scales(value_scale)
@@ -339,6 +347,7 @@ def validate_raw_metrics(  # noqa: PLR0912, PLR0915 (one check after the other, 
         "valid_date_range": [str(low.date()), str((end - pd.Timedelta(days=1)).date())],
         "value_scale": scales,
         "server_inventory": "none (every server unknown)" if no_inventory else f"{len(known)} server(s)",
+        "inventory_servers": None if no_inventory else len(known),
         "unknown_servers": unknown_names,
         "unknown_servers_action": unknown_servers,
         "unknown_server_rows_dropped": dropped,
@@ -1155,3 +1164,343 @@ def build_server_features(
         "Built %d feature rows with %d lags and %d rolling windows", n, len(lags), len(rolling_windows)
     )
     return frame
+
+
+# ---------------------------------------------------------------------------------------------- sharding
+_ADDITIVE_COUNTS = (
+    "rows_in",
+    "rows_out",
+    "values_out",
+    "servers",
+    "unknown_server_rows_dropped",
+    "unknown_server_rows_kept",
+    "inventory_servers_without_metrics",
+    "duplicates_removed",
+    "conflicting_rows_merged",
+    "subdaily_samples_aggregated",
+    "daily_rows_observed",
+    "sparse_days_blanked",
+    "sparse_edge_days_dropped",
+    "calendar_days_added",
+    "values_observed",
+    "values_missing",
+    "values_imputed",
+    "values_left_missing",
+    "values_clipped",
+    "values_flagged_outlier",
+    "outliers_replaced",
+    "outliers_kept_sub_daily",
+    "days_replaced",
+    "days_replaced_above_high_threshold",
+)
+
+
+def _release(*saved: dict[str, pd.DataFrame]) -> None:
+    """Empties dicts a generator node yielded once Kedro has saved them (it resumes the generator only then).
+
+    Kedro splits the items of a generator node with several outputs with ``itertools.tee``, which keeps up to
+    57 items alive until the node ends; emptying them is what bounds memory by one shard or chunk.
+    """
+    for mapping in saved:
+        mapping.clear()
+    pa.default_memory_pool().release_unused()  # hand freed Arrow buffers back to the OS
+
+
+def _chunks_of(raw: pd.DataFrame | Iterable[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+    """The export as chunks: an iterator (``chunk_rows`` in the catalog) as it comes, a loaded frame in slices
+    of ``_SPLIT_ROWS`` (routing copies one slice at a time, not the whole export)."""
+    if not isinstance(raw, pd.DataFrame):
+        yield from raw
+        return
+    for start in range(0, max(len(raw), 1), _SPLIT_ROWS):
+        piece = raw.iloc[start : start + _SPLIT_ROWS]
+        piece.attrs = {**raw.attrs, "first_row": start}
+        yield piece
+
+
+def _shards_of_ids(ids: pd.Series, shards: int) -> np.ndarray:
+    """1-based shard of each server id, hashed on the trimmed text (as validation trims ids)."""
+    if shards == 1:
+        return np.ones(len(ids), dtype="int64")
+    return shard_of(ids.astype("str").str.strip(), shards)
+
+
+def split_raw_metrics(
+    raw_server_metrics: pd.DataFrame | Iterable[pd.DataFrame],
+    server_inventory: pd.DataFrame,
+    column_mapping: dict[str, str] | None,
+    shards: int | str,
+    servers_per_shard: int,
+) -> Iterator[tuple[dict[str, pd.DataFrame], dict[str, Any]]]:
+    """One pass over the raw export that routes every row to its server's shard, chunk by chunk.
+
+    A server's shard is ``capacity_forecaster.sharding.shard_of`` of its id, so it is the same in every run.
+    Each row keeps its position in the export (column ``_row``), so validation errors name the export's rows.
+    Rows are not checked here: a row without a usable server id goes to the shard of its (empty) id and is
+    reported by validation.
+
+    Args:
+        raw_server_metrics: The export, as one frame or as an iterator of chunks (``chunk_rows`` of
+            ``MetricsExportDataset``), which bounds memory by a chunk.
+        server_inventory: Inventory; its server count sizes ``shards: auto`` (one shard without it).
+        column_mapping: Export column -> project column (``params:etl.column_mapping``), to find the id column.
+        shards: Shard count, or ``auto`` (``params:etl.shards``).
+        servers_per_shard: Servers per shard for ``auto`` (``params:etl.servers_per_shard``).
+
+    Yields:
+        Per chunk: ``{shard_name: rows}`` for ``raw_metric_shards`` and the shard plan so far
+        (``{"shards": K, "source": file, "rows": {shard_name: rows routed}, "chunks": n}``).
+    """
+    n_servers = len(server_inventory) if "server_id" in server_inventory.columns else 0
+    if shards == "auto" and not n_servers:
+        logger.warning("etl.shards is auto but there is no server_inventory to size it: one shard")
+        shards = 1
+    count = resolve_shard_count(shards, n_servers, servers_per_shard)
+    names = [shard_name(i, count) for i in range(1, count + 1)]
+    id_column = next((c for c, v in (column_mapping or {}).items() if v == "server_id"), "server_id")
+    plan: dict[str, Any] = {"shards": count, "source": None, "rows": dict.fromkeys(names, 0), "chunks": 0}
+    for chunk in _chunks_of(raw_server_metrics):
+        first_row = int(chunk.attrs.get("first_row", 0))
+        plan["source"] = str(chunk.attrs.get("source", "<in-memory raw_server_metrics>"))
+        rows = chunk.assign(**{_ROW: np.arange(first_row, first_row + len(chunk), dtype="int64")})
+        assignment = (
+            _shards_of_ids(rows[id_column], count)
+            if id_column in rows.columns
+            else np.ones(len(rows), dtype="int64")  # validation names the missing column
+        )
+        parts = {name: rows[assignment == i].reset_index(drop=True) for i, name in enumerate(names, start=1)}
+        for name, part in parts.items():
+            plan["rows"][name] += len(part)
+        plan["chunks"] += 1
+        logger.info(
+            "Routed rows %d..%d of %s to %d shard(s)",
+            first_row,
+            first_row + len(chunk) - 1,
+            plan["source"],
+            count,
+        )
+        yield parts, plan
+        _release(parts)
+
+
+def _inventory_part(server_inventory: pd.DataFrame, index: int, shards: int) -> pd.DataFrame:
+    """The inventory rows of one shard (all of it for one shard or without a ``server_id`` column)."""
+    if shards == 1 or "server_id" not in server_inventory.columns:
+        return server_inventory
+    part = server_inventory[_shards_of_ids(server_inventory["server_id"], shards) == index]
+    part.attrs = dict(server_inventory.attrs)
+    return part
+
+
+def clean_metric_shards(  # noqa: PLR0913 - the parameters of every etl step, each wired on its own
+    raw_metric_shards: dict[str, Any],
+    etl_shard_plan: dict[str, Any],
+    server_inventory: pd.DataFrame,
+    column_mapping: dict[str, str] | None,
+    throughput_capacity: dict[str, float] | None,
+    unknown_servers: str,
+    value_scale: float | dict[str, float] | None,
+    valid_date_range: dict[str, Any] | None,
+    min_daily_coverage: float,
+    max_gap_days: int,
+    imputation_method: str,
+    outlier_threshold: float,
+    outlier_window_weeks: int,
+    outlier_min_scale: float,
+    replace_outliers: bool,
+    high_threshold: float,
+    lags: list[int],
+    rolling_windows: list[int],
+    country: str,
+    month_end_business_days: int,
+    quarter_end_business_days: int,
+) -> Iterator[tuple[dict[str, pd.DataFrame], dict[str, pd.DataFrame], dict[str, Any]]]:
+    """Validates, aggregates, cleans and builds features one shard at a time (memory bounded by a shard).
+
+    Each shard goes through ``validate_raw_metrics``, ``aggregate_daily_metrics``, ``clean_daily_metrics`` and
+    ``build_server_features`` with the parameters documented there; every rule works per server, so a server's
+    rows come out as in an unsharded run. Each shard sees the inventory rows of its own servers (a server is in
+    the same shard in both), so unknown servers and inventory counts add up across shards.
+
+    Args:
+        raw_metric_shards: ``{shard_name: loader}`` from ``split_raw_metrics`` (a shard without rows is absent).
+        etl_shard_plan: The plan of ``split_raw_metrics``: shard count, source file, rows per shard.
+        server_inventory: Inventory with a ``server_id`` column (or empty: every server unknown).
+        column_mapping, throughput_capacity, unknown_servers, value_scale, valid_date_range: As in
+            ``validate_raw_metrics`` (``params:etl.*``).
+        min_daily_coverage: As in ``aggregate_daily_metrics``.
+        max_gap_days, imputation_method, outlier_threshold, outlier_window_weeks, outlier_min_scale,
+            replace_outliers, high_threshold: As in ``clean_daily_metrics``.
+        lags, rolling_windows: As in ``build_server_features``.
+        country, month_end_business_days, quarter_end_business_days: The business calendar
+            (``params:calendar.*``).
+
+    Yields:
+        Per shard, in order: ``{shard_name: clean rows}`` (``clean_server_metrics``), ``{shard_name: feature
+        rows}`` (``server_features``) and the stage statistics of the shards so far (``etl_shard_stats``:
+        ``{shard_name: {"validation": ..., "aggregation": ..., "cleaning": ...} or None for an empty shard}``).
+    """
+    count, source = int(etl_shard_plan["shards"]), etl_shard_plan["source"]
+    if not sum(etl_shard_plan["rows"].values()):
+        raise RawMetricsError(f"file {source}: no data rows")
+    calendar = {
+        "country": country,
+        "month_end_business_days": month_end_business_days,
+        "quarter_end_business_days": quarter_end_business_days,
+    }
+    stats: dict[str, Any] = {}
+    for index in range(1, count + 1):
+        name = shard_name(index, count)
+        if not etl_shard_plan["rows"][name]:
+            stats[name] = None
+            yield {name: pd.DataFrame()}, {name: pd.DataFrame()}, stats
+            continue
+        if name not in raw_metric_shards:
+            raise RuntimeError(f"raw_metric_shards has no {name} although the split routed rows to it")
+        raw = raw_metric_shards[name]()
+        raw.attrs["source"] = source
+        validated, v_stats = validate_raw_metrics(
+            raw,
+            _inventory_part(server_inventory, index, count),
+            column_mapping,
+            throughput_capacity,
+            unknown_servers,
+            value_scale,
+            valid_date_range,
+        )
+        del raw
+        daily, a_stats = aggregate_daily_metrics(validated, min_daily_coverage)
+        del validated
+        clean, c_stats = clean_daily_metrics(
+            daily,
+            max_gap_days,
+            imputation_method,
+            outlier_threshold,
+            outlier_window_weeks,
+            outlier_min_scale,
+            replace_outliers,
+            high_threshold=high_threshold,
+            **calendar,
+        )
+        del daily
+        features = build_server_features(clean, lags, rolling_windows, **calendar)
+        stats[name] = {"validation": v_stats, "aggregation": a_stats, "cleaning": c_stats}
+        logger.info("etl %s: %d raw rows -> %d clean rows", name, v_stats["rows_in"], c_stats["rows_out"])
+        clean_part, features_part = {name: clean}, {name: features}
+        del clean, features
+        yield clean_part, features_part, stats
+        _release(clean_part, features_part)
+
+
+def _sum(parts: list[dict[str, Any]], keys: Iterable[str]) -> dict[str, int]:
+    return {key: sum(part[key] for part in parts) for key in keys}
+
+
+def _merge_stage_stats(parts: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """The fleet's validation, aggregation and cleaning statistics from the shards' (counts summed, lists
+    joined in server order), as ``build_data_quality_report`` takes them."""
+    vs = [p["validation"] for p in parts]
+    ag = [p["aggregation"] for p in parts]
+    cs = [p["cleaning"] for p in parts]
+    v = {
+        **vs[0],
+        **_sum(
+            vs,
+            (
+                "rows_in",
+                "unknown_server_rows_dropped",
+                "unknown_server_rows_kept",
+                "inventory_servers_without_metrics",
+            ),
+        ),
+        "unknown_servers": sorted(set().union(*(x["unknown_servers"] for x in vs))),
+    }
+    if vs[0]["inventory_servers"] is not None:
+        v["inventory_servers"] = sum(x["inventory_servers"] for x in vs)
+        v["server_inventory"] = f"{v['inventory_servers']} server(s)"
+    conflicts = [x["conflicting_duplicates"] for x in ag]
+    a = {
+        **ag[0],
+        **_sum(
+            ag,
+            (
+                "rows_after_validation",
+                "duplicates_removed",
+                "conflicting_rows_merged",
+                "subdaily_samples_aggregated",
+                "daily_rows_observed",
+                "sparse_days_blanked",
+                "sparse_edge_days_dropped",
+            ),
+        ),
+        "sampling": "sub-daily" if any(x["sampling"] == "sub-daily" for x in ag) else "daily",
+        "conflicting_duplicates": {
+            **conflicts[0],
+            **_sum(conflicts, ("timestamps", "rows_merged")),
+            "examples": [e for x in conflicts for e in x["examples"]][:_N_EXAMPLES],
+        },
+    }
+    metric_keys = list(next(iter(cs[0]["by_metric"].values())))
+    by_rule: dict[str, int] = {}
+    for x in cs:
+        for rule, n in x["days_replaced_by_rule"].items():
+            by_rule[rule] = by_rule.get(rule, 0) + n
+    c = {
+        **cs[0],
+        **_sum(
+            cs,
+            (
+                "servers",
+                "rows_out",
+                "values_out",
+                "calendar_days_added",
+                "days_replaced",
+                "days_replaced_above_high_threshold",
+                *metric_keys,
+            ),
+        ),
+        "first_date": min(x["first_date"] for x in cs),
+        "last_date": max(x["last_date"] for x in cs),
+        "by_metric": {m: _sum([x["by_metric"][m] for x in cs], metric_keys) for m in cs[0]["by_metric"]},
+        "long_gaps": sorted(
+            (g for x in cs for g in x["long_gaps"]),
+            key=lambda g: (g["server_id"], g["start"], g["days"], g["reason"]),
+        ),
+        "days_replaced_by_rule": by_rule,
+        "replaced_days": sorted(
+            (d for x in cs for d in x["replaced_days"]),
+            key=lambda d: (d["server_id"], d["date"], d["metric"]),
+        ),
+        "server_last_days": pd.concat([x["server_last_days"] for x in cs], ignore_index=True),
+    }
+    return v, a, c
+
+
+def build_fleet_quality_report(etl_shard_stats: dict[str, Any], stale_after_days: int) -> dict[str, Any]:
+    """The fleet's ``data_quality_report`` from the shards' statistics, with each shard's counts when K > 1.
+
+    The shards' statistics are merged (counts summed, lists joined) and go through
+    ``build_data_quality_report``, so every identity is checked on the fleet and stale servers are judged
+    against the fleet's last day. With several shards, ``shards`` lists each shard's counts; every count in it
+    adds up to the fleet's (a shard without servers has zeros).
+
+    Args:
+        etl_shard_stats: ``{shard_name: stage statistics or None}`` from ``clean_metric_shards``.
+        stale_after_days: Days of silence after which a server is stale (``params:stale_after_days``).
+
+    Returns:
+        The ``data_quality_report`` dictionary (JSON-serialisable).
+    """
+    present = [s for s in etl_shard_stats.values() if s is not None]
+    report = build_data_quality_report(*_merge_stage_stats(present), stale_after_days)
+    if len(etl_shard_stats) > 1:
+        report["shards"] = {
+            name: dict.fromkeys(_ADDITIVE_COUNTS, 0)
+            if stats is None
+            else {
+                key: {**stats["validation"], **stats["aggregation"], **stats["cleaning"]}[key]
+                for key in _ADDITIVE_COUNTS
+            }
+            for name, stats in etl_shard_stats.items()
+        }
+    return report
