@@ -11,8 +11,7 @@ from capacity_forecaster.models import (
     SeasonalNaiveForecaster,
     trees,
 )
-from capacity_forecaster.models.base import check_long_frame
-from capacity_forecaster.models.prophet import budget_series
+from capacity_forecaster.models.base import budget_series, check_long_frame
 from capacity_forecaster.pipelines.modelling.nodes import (
     fit_forecaster,
     prepare_model_input,
@@ -85,7 +84,7 @@ def test_tree_features_are_built_only_for_the_row_budget_and_one_chunk_at_a_time
     training = spy.design_rows[0::2]  # per chunk: the chunk's sampled rows, then its series' last days
     assert sum(training) == budget and max(spy.design_rows) <= budget + 3 * horizon
     assert spy.design_rows[1::2] == [3 * horizon, 3 * horizon, horizon]
-    assert model.fitted_on_ == {"series": 7, "rows": budget, "panel_chunks": 3}
+    assert model.fitted_on_ == {"series": 7, "rows": budget, "panel_chunks": 3, "series_forecast": 7}
 
 
 def test_chunked_tree_panels_give_the_same_forecast_as_one_panel(monkeypatch):
@@ -100,6 +99,32 @@ def test_chunked_tree_panels_give_the_same_forecast_as_one_panel(monkeypatch):
     whole = forecast()
     monkeypatch.setattr(trees, "PANEL_SERIES", 2)
     pd.testing.assert_frame_equal(forecast(), whole)
+
+
+def test_tree_series_budget_forecasts_a_stable_sample_from_a_model_trained_on_every_series(monkeypatch):
+    frame = long_frame(n_series=7, days=300)
+    monkeypatch.setattr(trees, "PANEL_SERIES", 3)
+    spy = _DesignSpy(monkeypatch)
+    forecast_series = []
+    origin_state = trees._DirectForecaster._origin_state
+
+    def spy_origin_state(model, panel, series):
+        forecast_series.extend(panel.ids[series])
+        return origin_state(model, panel, series)
+
+    monkeypatch.setattr(trees._DirectForecaster, "_origin_state", spy_origin_state)
+    model = QuantileGBMForecaster(max_iter=5, horizon=14, max_train_rows=500, max_series=3).fit(frame)
+    forecast = model.predict(14)
+    spans = pd.DataFrame({"days": 300}, index=pd.Index([f"s{i}" for i in range(7)]))
+    assert sorted(forecast["unique_id"].unique()) == list(budget_series(spans, 3, 730))
+    assert sum(spy.design_rows[0::2]) == 500  # trained on rows of every series ...
+    assert (
+        sum(rows for rows in spy.design_rows if rows % 14 == 0 and rows <= 3 * 14) == 3 * 14
+    )  # ... 3 forecast
+    assert model.fitted_on_ == {"series": 7, "rows": 500, "panel_chunks": 3, "series_forecast": 3}
+    full = QuantileGBMForecaster(max_iter=5, horizon=14, max_train_rows=500).fit(frame).predict(14)
+    same = full[full["unique_id"].isin(forecast["unique_id"])].reset_index(drop=True)
+    pd.testing.assert_frame_equal(forecast, same)  # the same model, fewer series predicted
 
 
 def test_vectorised_seasonal_naive_matches_the_rule_per_series():

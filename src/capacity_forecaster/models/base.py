@@ -4,6 +4,8 @@ Forecasters take long frames ``unique_id, ds, y`` (one row per series and day, n
 ``predict(h)`` returns ``unique_id, ds, p10, p50, p90`` for the ``h`` days after each series' last day.
 """
 
+import zlib
+
 import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator
@@ -135,3 +137,31 @@ def terms_off_per_series(frame: pd.DataFrame, calendar: dict, terms: tuple[str, 
         seen = np.concatenate([[0], np.cumsum(flags)])
         table[term] = seen[last + 1] - seen[first] == 0
     return table[list(terms)].astype(bool)
+
+
+def budget_series(spans: pd.DataFrame, max_series: int | None, min_days: int) -> pd.Index:
+    """The ``unique_id``s a model forecasts when it may forecast at most ``max_series`` (sorted).
+
+    Series with at least ``min_days`` days (yearly seasonality identifiable) come first, then the others;
+    within each, the order is a stable hash of the id (CRC-32 of its text). The choice is a representative
+    sample (the pooled per-archetype scores of ``choose_models`` stay unbiased), the same in every run and
+    backtest fold (a fold cuts the same number of days from every series), and spreads over the fleet.
+
+    Args:
+        spans: One row per ``unique_id`` (index) with the series' day count in ``days``.
+        max_series: Budget (``None``: every series).
+        min_days: History a series needs to come first.
+    """
+    if max_series is not None and max_series < 1:
+        raise ValueError(f"max_series must be >= 1 or None, got {max_series}")
+    if max_series is None or len(spans) <= max_series:
+        return spans.index.sort_values()
+    key = pd.DataFrame(
+        {
+            "short": spans["days"].to_numpy() < min_days,
+            "hash": [zlib.crc32(str(uid).encode("utf-8")) for uid in spans.index],
+            "uid": spans.index.astype(str),
+        }
+    )
+    order = key.sort_values(["short", "hash", "uid"], kind="stable").index[:max_series]
+    return spans.index[order].sort_values()

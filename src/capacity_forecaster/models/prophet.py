@@ -1,7 +1,6 @@
 """Prophet per series (weekly + yearly seasonality, month/quarter-end regressors, holidays), in parallel."""
 
 import logging
-import zlib
 
 import numpy as np
 import pandas as pd
@@ -15,6 +14,7 @@ from capacity_forecaster.models.base import (
     MIN_YEARLY_DAYS,
     SEASONAL_TERMS,
     BaseForecaster,
+    budget_series,
     check_long_frame,
     finalise_quantiles,
     future_dates,
@@ -101,32 +101,6 @@ def _chunks(items: list, n: int) -> list[list]:
     return [items[i::n] for i in range(n)] if items else []
 
 
-def budget_series(spans: pd.DataFrame, max_series: int | None, min_days: int) -> pd.Index:
-    """The ``unique_id``s Prophet fits when at most ``max_series`` may be fitted (sorted).
-
-    Series with at least ``min_days`` days (yearly seasonality identifiable) come first, then the others;
-    within each, the order is a stable hash of the id (CRC-32 of its text). The choice is a representative
-    sample (the pooled per-archetype scores of ``choose_models`` stay unbiased), the same in every run and
-    backtest fold (a fold cuts the same number of days from every series), and spreads over the fleet.
-
-    Args:
-        spans: One row per ``unique_id`` (index) with the series' day count in ``days``.
-        max_series: Budget (``None``: every series).
-        min_days: History a series needs to come first.
-    """
-    if max_series is None or len(spans) <= max_series:
-        return spans.index.sort_values()
-    key = pd.DataFrame(
-        {
-            "short": spans["days"].to_numpy() < min_days,
-            "hash": [zlib.crc32(str(uid).encode("utf-8")) for uid in spans.index],
-            "uid": spans.index.astype(str),
-        }
-    )
-    order = key.sort_values(["short", "hash", "uid"], kind="stable").index[:max_series]
-    return spans.index[order].sort_values()
-
-
 class ProphetForecaster(BaseForecaster):
     """One Prophet model per ``unique_id``, fitted on a trailing window in parallel with joblib.
 
@@ -195,8 +169,6 @@ class ProphetForecaster(BaseForecaster):
     def fit(self, df: pd.DataFrame) -> "ProphetForecaster":
         """Fits a new Prophet per series (at most ``max_series``) on its last ``fit_window_days`` days."""
         _quiet_stan()
-        if self.max_series is not None and self.max_series < 1:
-            raise ValueError(f"max_series must be >= 1 or None, got {self.max_series}")
         frame = check_long_frame(df)
         spans = frame.groupby("unique_id", sort=True)["ds"].agg(["min", "max"])
         spans["days"] = (spans["max"] - spans["min"]).dt.days + 1

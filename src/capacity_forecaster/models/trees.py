@@ -21,6 +21,7 @@ from capacity_forecaster.calendar import calendar_features
 from capacity_forecaster.models.base import (
     MIN_YEARLY_DAYS,
     BaseForecaster,
+    budget_series,
     check_long_frame,
     finalise_quantiles,
     future_dates,
@@ -218,7 +219,9 @@ class _DirectForecaster(BaseForecaster):
         The training rows are sampled from the series' spans first; the panel is then built
         :data:`PANEL_SERIES` series at a time, each chunk giving the features of its sampled rows and of its
         series' last day, so no more than ``max_train_rows`` training rows and one chunk's panel are ever
-        held. ``fitted_on_`` records the series, the rows trained on and the panel chunks.
+        held. With ``max_series`` set, only that many series (``budget_series``) are forecast; training rows
+        still come from every series. ``fitted_on_`` records the series and rows trained on, the panel
+        chunks and the series forecast.
         """
         frame = check_long_frame(df)
         needed = pd.Timedelta(days=self.train_window_days + 400)  # features look back at most 364 + 28 days
@@ -235,10 +238,13 @@ class _DirectForecaster(BaseForecaster):
         self.max_step_ = int(np.clip((last - first - 27).max(), 1, self.horizon))
         rng = np.random.default_rng(self.random_state)
         rows, origins, steps = self._training_rows(first, last, rng)
+        spans = pd.DataFrame({"days": last - first + 1}, index=pd.Index(ids, name="unique_id"))
+        forecast = pd.Index(ids).isin(budget_series(spans, self.max_series, MIN_YEARLY_DAYS))
+        position = np.cumsum(forecast) - forecast  # row of each forecast series in the origin state
         X = np.empty((len(rows), len(FEATURES)))
         level, target = np.empty(len(rows)), np.empty(len(rows))
-        origin_X = np.empty((len(ids) * self.horizon, len(FEATURES)), dtype="float32")
-        origin_level = np.empty(len(ids) * self.horizon)
+        origin_X = np.empty((forecast.sum() * self.horizon, len(FEATURES)), dtype="float32")
+        origin_level = np.empty(forecast.sum() * self.horizon)
         terms_off = []
         starts = np.arange(0, len(ids) + PANEL_SERIES, PANEL_SERIES).clip(max=len(ids))
         bounds = np.searchsorted(codes, starts)  # frame rows of each chunk of series (rows sorted by id)
@@ -251,20 +257,25 @@ class _DirectForecaster(BaseForecaster):
             local = rows[take] - offset
             X[take], level[take] = panel.design(local, origins[take], steps[take], self.max_step_)
             target[take] = panel.values[local, origins[take] + steps[take]]
-            state = slice(offset * self.horizon, (offset + len(panel.ids)) * self.horizon)
-            origin_X[state], origin_level[state] = self._origin_state(panel)
+            wanted = np.flatnonzero(forecast[offset : offset + len(panel.ids)])
+            if len(wanted):
+                first_row = position[offset + wanted[0]] * self.horizon
+                state = slice(first_row, first_row + len(wanted) * self.horizon)
+                origin_X[state], origin_level[state] = self._origin_state(panel, wanted)
             terms_off.append(panel.terms_off)
         self._fit_estimators(X, target - level, steps, rng)
-        self.last_dates_ = frame.groupby("unique_id", sort=True)["ds"].max()
+        self.last_dates_ = frame.groupby("unique_id", sort=True)["ds"].max()[forecast]
         self.origin_features_ = {"X": origin_X, "level": origin_level}
         self.seasonal_terms_off_ = pd.concat(terms_off).sort_index()
-        self.fitted_on_ = {"series": len(ids), "rows": len(rows), "panel_chunks": len(terms_off)}
+        self.fitted_on_ = {"series": len(ids), "rows": len(rows), "panel_chunks": len(terms_off),
+                           "series_forecast": int(forecast.sum())}  # fmt: skip
         return self
 
-    def _origin_state(self, panel: _Panel) -> tuple[np.ndarray, np.ndarray]:
-        """The design rows of each series' last day for every step, so predict needs no history."""
-        steps = np.tile(np.arange(1, self.horizon + 1), len(panel.ids))
-        rows = np.repeat(np.arange(len(panel.ids)), self.horizon)
+    def _origin_state(self, panel: _Panel, series: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The design rows of the last day of the panel's ``series`` (row numbers) for every step, so
+        predict needs no history."""
+        steps = np.tile(np.arange(1, self.horizon + 1), len(series))
+        rows = np.repeat(series, self.horizon)
         X, level = panel.design(rows, panel.last[rows], steps, self.max_step_)
         return X.astype("float32"), level
 
@@ -338,6 +349,8 @@ _DIRECT_DOC = """
         horizon: Longest step ``h`` the model is trained for (``predict(h)`` needs ``h <= horizon``).
         train_window_days: Origins are sampled from this many days before each series' last day.
         max_train_rows: Training rows sampled (series, origin, step); caps the fit cost at any fleet size.
+        max_series: Most series forecast per fit (``None``: all), chosen by ``models.base.budget_series``;
+            the rest get no forecast from this model (prediction is the cost that grows with the fleet).
         country: Holiday calendar (``params:calendar.country``).
         month_end_business_days: Month-end window (``params:calendar.month_end_business_days``).
         quarter_end_business_days: End-of-quarter window (``params:calendar.quarter_end_business_days``).
@@ -366,6 +379,7 @@ class RandomForestForecaster(_PointForecaster):
         horizon: int = 90,
         train_window_days: int = 730,
         max_train_rows: int = 40_000,
+        max_series: int | None = None,
         calibration_share: float = 0.2,
         country: str = "US",
         month_end_business_days: int = 2,
@@ -382,6 +396,7 @@ class RandomForestForecaster(_PointForecaster):
         self.horizon = horizon
         self.train_window_days = train_window_days
         self.max_train_rows = max_train_rows
+        self.max_series = max_series
         self.calibration_share = calibration_share
         self.country = country
         self.month_end_business_days = month_end_business_days
@@ -420,6 +435,7 @@ class GradientBoostingForecaster(_PointForecaster):
         horizon: int = 90,
         train_window_days: int = 730,
         max_train_rows: int = 40_000,
+        max_series: int | None = None,
         calibration_share: float = 0.2,
         country: str = "US",
         month_end_business_days: int = 2,
@@ -434,6 +450,7 @@ class GradientBoostingForecaster(_PointForecaster):
         self.horizon = horizon
         self.train_window_days = train_window_days
         self.max_train_rows = max_train_rows
+        self.max_series = max_series
         self.calibration_share = calibration_share
         self.country = country
         self.month_end_business_days = month_end_business_days
@@ -483,6 +500,7 @@ class QuantileGBMForecaster(_DirectForecaster):
         horizon: int = 90,
         train_window_days: int = 730,
         max_train_rows: int = 30_000,
+        max_series: int | None = None,
         country: str = "US",
         month_end_business_days: int = 2,
         quarter_end_business_days: int = 5,
@@ -500,6 +518,7 @@ class QuantileGBMForecaster(_DirectForecaster):
         self.horizon = horizon
         self.train_window_days = train_window_days
         self.max_train_rows = max_train_rows
+        self.max_series = max_series
         self.country = country
         self.month_end_business_days = month_end_business_days
         self.quarter_end_business_days = quarter_end_business_days
