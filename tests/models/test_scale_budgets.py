@@ -13,7 +13,9 @@ from capacity_forecaster.models import (
 )
 from capacity_forecaster.models.base import budget_series, check_long_frame
 from capacity_forecaster.pipelines.modelling.nodes import (
+    backtest_forecaster,
     fit_forecaster,
+    plan_backtest,
     prepare_model_input,
     rank_models,
     select_models,
@@ -184,6 +186,12 @@ def test_the_leaderboard_records_what_a_budgeted_model_was_fitted_on():
     )  # fmt: skip
     assert summary["fitted_on"] == {"series": 4, "series_skipped": 8, "rows": 240}  # one series per metric
     assert sum(len(f.models_) for f in fitted.values()) == 4
+    plan = plan_backtest(model_input, 7, 1, 0.2, 35, 7, 1)
+    backtest, stats = backtest_forecaster(
+        model_input, plan, enabled=True, kind="prophet", hyperparameters=settings, backtest_folds=1,
+        metric_jobs=1, **calendar,
+    )  # fmt: skip
+    assert backtest["unique_id"].nunique() == stats["series"] == 4  # the series fitted, not those given
     plan = {"reason": "no folds", "origin_offsets_days": [], "horizon": 0}
     selection = pd.DataFrame(columns=["server_id", "metric", "model", "basis"])
     board = rank_models(pd.DataFrame(), selection, plan, "mase", 0.8, 0.05, 0.65, summary)
