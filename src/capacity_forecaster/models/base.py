@@ -8,6 +8,8 @@ import zlib
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 from sklearn.base import BaseEstimator
 
 from capacity_forecaster.calendar import calendar_features
@@ -64,9 +66,10 @@ def check_long_frame(df: pd.DataFrame) -> pd.DataFrame:
     same = codes[1:] == codes[:-1]
     if (np.diff(ds)[same] != np.timedelta64(1, "D")).any():
         raise ValueError("every series in the long frame must be daily without gaps or duplicate days")
+    ids = pa.array(np.asarray(names.sort_values(), dtype=object), pa.large_string())
     return pd.DataFrame(
         {
-            "unique_id": np.asarray(names.sort_values(), dtype=object)[codes],
+            "unique_id": pd.array(pc.take(ids, pa.array(codes)), dtype="str"),  # no per-row Python string
             "ds": ds,
             "y": y if order is None else y[order],
         }
