@@ -168,8 +168,9 @@ def _profile(data_root: Path, models: list[str]) -> None:
         if done.returncode:
             sys.exit(f"profiling {model} failed:\n{done.stderr[-3000:]}")
         result = json.loads(done.stdout.strip().splitlines()[-1])
-        print(f"{model}: backtest {result['backtest_stats']}  fit {result['fit_summary']}", flush=True)
+        print(f"{model}: backtest {result['backtest_stats']}  fit {result['fit_summary']}")
         rows += [{"model": model, "stage": stage, **figures} for stage, figures in result["stages"].items()]
+        print(f"  {model}: {result['stages']}", flush=True)  # kept if a later model fails or is stopped
     table = pd.DataFrame(rows)
     print(f"\nper model and stage on {data_root} ({result['series']:,} series):")
     print(table.to_string(index=False))
