@@ -8,6 +8,9 @@ model and the changepoint regression on a synthetic fleet of 10,000 servers (cpu
     python benchmarks/modelling.py                      # everything (default fleet: 120 servers x 4 metrics)
     python benchmarks/modelling.py --data-root /tmp/cf  # reuse inputs/outputs already in /tmp/cf
     python benchmarks/modelling.py --skip-scale         # no 10,000-server runs
+    python benchmarks/modelling.py --profile /tmp/cf1000   # per model and stage: CPU s, wall s, peak RSS
+        (on a data root where ``kedro run --pipelines data_generation,etl`` ran; each model in its own
+        process, so peak RSS is that model's; CPU includes the model's worker processes)
 
 Figures are wall-clock on whatever machine runs this; on a shared machine compare ratios, not absolutes.
 """
@@ -15,6 +18,7 @@ Figures are wall-clock on whatever machine runs this; on a shared machine compar
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -28,6 +32,8 @@ import yaml
 from capacity_forecaster.models import FORECASTERS
 
 PROJECT = Path(__file__).resolve().parents[1]
+MODELS_TO_PROFILE = ("seasonal_naive", "changepoint_regression", "quantile_gbm", "gradient_boosting",
+                     "random_forest", "prophet")  # fmt: skip
 
 
 def _kedro(data_root: Path, pipelines: str) -> float:
@@ -85,6 +91,93 @@ def _scale_run(model: str, frame: pd.DataFrame, horizon: int) -> dict:
     return {"fit_s": fitted - started, "predict_s": done - fitted, "total_s": done - started}
 
 
+def _cpu_seconds() -> float:
+    """CPU seconds of this process plus its live descendants (joblib/loky workers) from /proc."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    total = own.ru_utime + own.ru_stime
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    todo, tick = list(children.get(os.getpid(), [])), os.sysconf("SC_CLK_TCK")
+    while todo:
+        pid = todo.pop()
+        todo += children.get(pid, [])
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+def _profile_model(data_root: Path, model: str) -> dict:
+    """Runs one model's backtest, fit and predict nodes on a data root: CPU s, wall s, peak RSS per stage."""
+    from capacity_forecaster.pipelines.modelling.nodes import (  # noqa: PLC0415 (only for profiling)
+        backtest_forecaster,
+        fit_forecaster,
+        plan_backtest,
+        predict_forecaster,
+        prepare_model_input,
+    )
+
+    params = yaml.safe_load((PROJECT / "conf" / "base" / "parameters_modelling.yml").read_text())["modelling"]
+    base = yaml.safe_load((PROJECT / "conf" / "base" / "parameters.yml").read_text())
+    calendar = {k: base["calendar"][k] for k in ("country", "month_end_business_days",
+                                                 "quarter_end_business_days")}  # fmt: skip
+    spec = {k: params[model][k] for k in ("enabled", "kind", "hyperparameters", "metric_jobs")}
+    stages: dict[str, dict] = {}
+
+    def timed(stage: str, func, *args, **kwargs):
+        cpu, wall = _cpu_seconds(), time.perf_counter()
+        result = func(*args, **kwargs)
+        stages[stage] = {
+            "cpu_s": round(_cpu_seconds() - cpu, 1),
+            "wall_s": round(time.perf_counter() - wall, 1),
+            "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+        }
+        return result
+
+    clean = pd.read_parquet(data_root / "03_primary" / "clean_server_metrics.parquet")
+    inventory = pd.read_csv(data_root / "01_raw" / "server_inventory.csv")
+    model_input = timed("prepare_model_input", prepare_model_input, clean, inventory)
+    del clean
+    b = params["backtest"]
+    plan = plan_backtest(model_input, base["horizon"], b["n_origins"], b["holdout_share"],
+                         b["min_train_days"], b["spacing_days"], b["min_origins"])  # fmt: skip
+    _, stats = timed("backtest", backtest_forecaster, model_input, plan, **spec, **calendar,
+                     backtest_folds=params[model]["backtest_folds"])  # fmt: skip
+    fitted, summary = timed("fit", fit_forecaster, model_input, **spec, **calendar,
+                            horizon=base["horizon"], min_history_days=params["min_history_days"])  # fmt: skip
+    timed("predict", predict_forecaster, fitted, base["horizon"])
+    return {"model": model, "series": int(model_input["unique_id"].nunique()), "stages": stages,
+            "backtest_stats": stats, "fit_summary": summary}  # fmt: skip
+
+
+def _profile(data_root: Path, models: list[str]) -> None:
+    """Profiles each model in its own process and prints one row per model and stage."""
+    rows = []
+    for model in models:
+        done = subprocess.run(
+            [sys.executable, __file__, "--profile-one", model, str(data_root)],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        if done.returncode:
+            sys.exit(f"profiling {model} failed:\n{done.stderr[-3000:]}")
+        result = json.loads(done.stdout.strip().splitlines()[-1])
+        print(f"{model}: backtest {result['backtest_stats']}  fit {result['fit_summary']}")
+        rows += [{"model": model, "stage": stage, **figures} for stage, figures in result["stages"].items()]
+        print(f"  {model}: {result['stages']}", flush=True)  # kept if a later model fails or is stopped
+    table = pd.DataFrame(rows)
+    print(f"\nper model and stage on {data_root} ({result['series']:,} series):")
+    print(table.to_string(index=False))
+    print(table[table["stage"] != "prepare_model_input"].groupby("model")[["cpu_s", "wall_s"]].sum()
+          .assign(peak_rss_gb=table.groupby("model")["peak_rss_gb"].max()).to_string())  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -94,7 +187,16 @@ def main() -> None:
     )
     parser.add_argument("--skip-scale", action="store_true", help="skip the 10,000-server runs")
     parser.add_argument("--scale-servers", type=int, default=10_000)
+    parser.add_argument("--profile", type=Path, help="profile every model per stage on this data root")
+    parser.add_argument("--profile-models", nargs="+", default=list(MODELS_TO_PROFILE))
+    parser.add_argument("--profile-one", nargs=2, metavar=("MODEL", "DATA_ROOT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.profile_one:
+        print(json.dumps(_profile_model(Path(args.profile_one[1]), args.profile_one[0]), default=str))
+        return
+    if args.profile:
+        _profile(args.profile, args.profile_models)
+        return
 
     data_root = args.data_root or Path(tempfile.mkdtemp(prefix="cf-modelling-bench-"))
     print(f"data root: {data_root}  (cores: {os.cpu_count()}, load average: {os.getloadavg()[0]:.1f})")

@@ -4,8 +4,12 @@ Forecasters take long frames ``unique_id, ds, y`` (one row per series and day, n
 ``predict(h)`` returns ``unique_id, ds, p10, p50, p90`` for the ``h`` days after each series' last day.
 """
 
+import zlib
+
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 from sklearn.base import BaseEstimator
 
 from capacity_forecaster.calendar import calendar_features
@@ -33,6 +37,8 @@ class BaseForecaster(BaseEstimator):
 def check_long_frame(df: pd.DataFrame) -> pd.DataFrame:
     """Validates a long frame and returns it sorted by ``unique_id, ds`` (a new frame).
 
+    Linear in rows when the frame is already sorted (as model input is): ids are factorised, not sorted.
+
     Raises:
         ValueError: On missing columns, NaN targets or a series with gaps or duplicate days.
     """
@@ -43,14 +49,31 @@ def check_long_frame(df: pd.DataFrame) -> pd.DataFrame:
         raise ValueError("long frame is empty")
     if df["y"].isna().any():
         raise ValueError("long frame has NaN in y; fill or drop gaps before fitting")
-    out = df[["unique_id", "ds", "y"]].sort_values(["unique_id", "ds"], kind="stable").reset_index(drop=True)
-    out["unique_id"] = out["unique_id"].astype(str)
-    out["ds"] = pd.to_datetime(out["ds"])
-    out["y"] = out["y"].astype("float64")
-    steps = out.groupby("unique_id", sort=False)["ds"].diff().dropna()
-    if (steps != pd.Timedelta(days=1)).any():
+    codes, uniques = pd.factorize(df["unique_id"], sort=False)
+    names = pd.Index(uniques).astype(str)
+    if not names.is_unique:  # e.g. 1 and "1": let the sort below merge them as the text says
+        codes, names = pd.factorize(names[codes], sort=False)
+        names = pd.Index(names)
+    rank = np.empty(len(names), dtype="int64")
+    rank[names.argsort(kind="stable")] = np.arange(len(names))
+    codes = rank[codes]
+    ds = pd.to_datetime(df["ds"]).to_numpy()
+    order = None
+    if (np.diff(codes) < 0).any():
+        order = np.lexsort((ds, codes))
+        codes, ds = codes[order], ds[order]
+    y = df["y"].to_numpy(dtype="float64")
+    same = codes[1:] == codes[:-1]
+    if (np.diff(ds)[same] != np.timedelta64(1, "D")).any():
         raise ValueError("every series in the long frame must be daily without gaps or duplicate days")
-    return out
+    ids = pa.array(np.asarray(names.sort_values(), dtype=object), pa.large_string())
+    return pd.DataFrame(
+        {
+            "unique_id": pd.array(pc.take(ids, pa.array(codes)), dtype="str"),  # no per-row Python string
+            "ds": ds,
+            "y": y if order is None else y[order],
+        }
+    )
 
 
 def future_dates(last_dates: pd.Series, h: int) -> pd.DataFrame:
@@ -117,3 +140,31 @@ def terms_off_per_series(frame: pd.DataFrame, calendar: dict, terms: tuple[str, 
         seen = np.concatenate([[0], np.cumsum(flags)])
         table[term] = seen[last + 1] - seen[first] == 0
     return table[list(terms)].astype(bool)
+
+
+def budget_series(spans: pd.DataFrame, max_series: int | None, min_days: int) -> pd.Index:
+    """The ``unique_id``s a model forecasts when it may forecast at most ``max_series`` (sorted).
+
+    Series with at least ``min_days`` days (yearly seasonality identifiable) come first, then the others;
+    within each, the order is a stable hash of the id (CRC-32 of its text). The choice is a representative
+    sample (the pooled per-archetype scores of ``choose_models`` stay unbiased), the same in every run and
+    backtest fold (a fold cuts the same number of days from every series), and spreads over the fleet.
+
+    Args:
+        spans: One row per ``unique_id`` (index) with the series' day count in ``days``.
+        max_series: Budget (``None``: every series).
+        min_days: History a series needs to come first.
+    """
+    if max_series is not None and max_series < 1:
+        raise ValueError(f"max_series must be >= 1 or None, got {max_series}")
+    if max_series is None or len(spans) <= max_series:
+        return spans.index.sort_values()
+    key = pd.DataFrame(
+        {
+            "short": spans["days"].to_numpy() < min_days,
+            "hash": [zlib.crc32(str(uid).encode("utf-8")) for uid in spans.index],
+            "uid": spans.index.astype(str),
+        }
+    )
+    order = key.sort_values(["short", "hash", "uid"], kind="stable").index[:max_series]
+    return spans.index[order].sort_values()

@@ -121,9 +121,10 @@ class ChangepointRegressionForecaster(BaseForecaster):
                 f"{len(short)} series have fewer than min_history_days={self.min_history_days} days, "
                 f"e.g. {short.index[0]!r} ({short['size'].iloc[0]} days)"
             )
-        span_of_series = spans.groupby(["min", "max"], sort=False).ngroup()
+        span_of_series = spans.groupby(["min", "max"], sort=False).ngroup().to_numpy()
+        codes = pd.factorize(frame["unique_id"], sort=True)[0]  # row of ``spans`` (sorted ids) per frame row
         fits = []
-        for _, rows in frame.groupby(frame["unique_id"].map(span_of_series), sort=False):
+        for _, rows in frame.groupby(span_of_series[codes], sort=False):
             ids = pd.Index(rows["unique_id"].unique())  # sorted, like the frame
             dates = pd.date_range(rows["ds"].iloc[0], periods=len(rows) // len(ids) + self.horizon, freq="D")
             fits.append(self._fit_group(ids, dates, rows["y"].to_numpy().reshape(len(ids), -1)))

@@ -32,7 +32,8 @@ class RecentMeanForecaster(BaseForecaster):
         """Stores each series' recent mean, spread and length."""
         frame = check_long_frame(df)
         groups = frame.groupby("unique_id", sort=True)["y"]
-        self.mean_ = groups.apply(lambda y: y.to_numpy()[-self.window_days :].mean())
+        recent = frame.groupby("unique_id", sort=True).tail(self.window_days)
+        self.mean_ = recent.groupby("unique_id", sort=True)["y"].mean()
         self.spread_ = np.maximum(groups.std(ddof=1).fillna(0.0), self.min_spread)
         self.days_ = groups.size()
         self.last_dates_ = frame.groupby("unique_id", sort=True)["ds"].max()

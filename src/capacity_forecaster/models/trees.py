@@ -21,6 +21,7 @@ from capacity_forecaster.calendar import calendar_features
 from capacity_forecaster.models.base import (
     MIN_YEARLY_DAYS,
     BaseForecaster,
+    budget_series,
     check_long_frame,
     finalise_quantiles,
     future_dates,
@@ -41,24 +42,37 @@ TERM_FEATURES: dict[str, tuple[str, ...]] = {
 """Features of each seasonal term; they are zero on the rows of a series whose history cannot identify it."""
 
 _HORIZON_BUCKETS = np.array([7, 14, 28, 56])  # residual quantiles of RF/GB are kept per bucket of h
+PANEL_SERIES = 2000
+"""Series per panel chunk: a panel holds ~13 float64 arrays of series x days (~250 MB for 2,000 series
+of 1,220 days), so memory stays bounded by the chunk however large the fleet."""
 
 
 class _Panel:
     """Series on one daily axis: ``values[i, t]`` (NaN outside a series' span) plus windowed statistics."""
 
-    def __init__(self, frame: pd.DataFrame, horizon: int, calendar: dict):
-        start, end = frame["ds"].min(), frame["ds"].max()
-        self.dates = pd.date_range(start, end + pd.Timedelta(days=horizon), freq="D")
+    def __init__(
+        self,
+        frame: pd.DataFrame,
+        horizon: int,
+        calendar: dict,
+        axis: tuple[pd.DatetimeIndex, pd.DataFrame] | None = None,
+    ):
+        """``axis``: the days and their calendar features to use (shared by the chunks of one fleet);
+        by default the frame's own days plus ``horizon``."""
+        if axis is None:
+            start, end = frame["ds"].min(), frame["ds"].max()
+            dates = pd.date_range(start, end + pd.Timedelta(days=horizon), freq="D")
+            axis = dates, calendar_features(dates, **calendar)
+        self.dates, self.calendar = axis
         rows, uniques = pd.factorize(frame["unique_id"], sort=True)  # row of each frame row, ids sorted
         self.ids = np.asarray(uniques, dtype=object)
-        cols = ((frame["ds"] - start) // pd.Timedelta(days=1)).to_numpy()
+        cols = ((frame["ds"] - self.dates[0]) // pd.Timedelta(days=1)).to_numpy()
         self.values = np.full((len(self.ids), len(self.dates)), np.nan)
         self.values[rows, cols] = frame["y"].to_numpy()
         self.first = np.full(len(self.ids), len(self.dates))
         np.minimum.at(self.first, rows, cols)
         self.last = np.zeros(len(self.ids), dtype=int)
         np.maximum.at(self.last, rows, cols)
-        self.calendar = calendar_features(self.dates, **calendar)
         self.terms_off = self._terms_off()
         observed = ~np.isnan(self.values)
         filled = np.where(observed, self.values, 0.0)
@@ -178,46 +192,92 @@ class _DirectForecaster(BaseForecaster):
             "quarter_end_business_days": self.quarter_end_business_days,
         }
 
-    def _training_rows(self, panel: _Panel, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
-        """Samples (series, origin, step) triples with an observed target day."""
-        n = self.max_train_rows * 2  # oversample, then drop rows without a target
-        rows = rng.integers(0, len(panel.ids), n)
+    def _training_rows(
+        self, first: np.ndarray, last: np.ndarray, rng: np.random.Generator
+    ) -> tuple[np.ndarray, ...]:
+        """Samples ``max_train_rows`` (series, origin, step) triples from the series' spans alone.
+
+        Series are gap-free, so every origin at least 27 days after a series' first day whose target day is
+        at or before its last day has an observed target: no value is needed to sample.
+        """
+        n = self.max_train_rows * 2  # oversample, then drop rows without room for an origin
+        rows = rng.integers(0, len(first), n)
         steps = rng.integers(1, self.max_step_ + 1, n)
-        lo = np.maximum(panel.first[rows] + 27, panel.last[rows] - self.train_window_days)
-        hi = panel.last[rows] - steps
+        lo = np.maximum(first[rows] + 27, last[rows] - self.train_window_days)
+        hi = last[rows] - steps
         ok = hi >= lo
         rows, steps, lo, hi = rows[ok], steps[ok], lo[ok], hi[ok]
         origins = lo + np.floor(rng.random(len(rows)) * (hi - lo + 1)).astype(int)
-        target = panel.values[rows, origins + steps]
-        ok = ~np.isnan(target)
-        keep = np.flatnonzero(ok)[: self.max_train_rows]
-        if len(keep) == 0:
+        keep = slice(0, self.max_train_rows)
+        if len(rows) == 0:
             raise ValueError("no training rows: at least one series needs more than 28 days of history")
-        return rows[keep], origins[keep], steps[keep], target[keep]
+        return rows[keep], origins[keep], steps[keep]
 
     def fit(self, df: pd.DataFrame) -> "_DirectForecaster":
-        """Fits the global model on direct multi-horizon rows sampled from every series in ``df``."""
+        """Fits the global model on direct multi-horizon rows sampled from every series in ``df``.
+
+        The training rows are sampled from the series' spans first; the panel is then built
+        :data:`PANEL_SERIES` series at a time, each chunk giving the features of its sampled rows and of its
+        series' last day, so no more than ``max_train_rows`` training rows and one chunk's panel are ever
+        held. With ``max_series`` set, only that many series (``budget_series``) are forecast; training rows
+        still come from every series. ``fitted_on_`` records the series and rows trained on, the panel
+        chunks and the series forecast.
+        """
         frame = check_long_frame(df)
         needed = pd.Timedelta(days=self.train_window_days + 400)  # features look back at most 364 + 28 days
         frame = frame[frame["ds"] > frame.groupby("unique_id")["ds"].transform("max") - needed]
-        panel = _Panel(frame, self.horizon, self._calendar())
+        start = frame["ds"].min()
+        dates = pd.date_range(start, frame["ds"].max() + pd.Timedelta(days=self.horizon), freq="D")
+        axis = dates, calendar_features(dates, **self._calendar())
+        codes, ids = pd.factorize(frame["unique_id"], sort=True)
+        cols = ((frame["ds"] - start) // pd.Timedelta(days=1)).to_numpy()
+        first, last = np.full(len(ids), len(dates)), np.zeros(len(ids), dtype=int)
+        np.minimum.at(first, codes, cols)
+        np.maximum.at(last, codes, cols)
         # A short history cannot teach the longest steps: train the steps it can, reuse the last beyond.
-        self.max_step_ = int(np.clip((panel.last - panel.first - 27).max(), 1, self.horizon))
+        self.max_step_ = int(np.clip((last - first - 27).max(), 1, self.horizon))
         rng = np.random.default_rng(self.random_state)
-        rows, origins, steps, target = self._training_rows(panel, rng)
-        X, level = panel.design(rows, origins, steps, self.max_step_)
+        rows, origins, steps = self._training_rows(first, last, rng)
+        spans = pd.DataFrame({"days": last - first + 1}, index=pd.Index(ids, name="unique_id"))
+        forecast = pd.Index(ids).isin(budget_series(spans, self.max_series, MIN_YEARLY_DAYS))
+        position = np.cumsum(forecast) - forecast  # row of each forecast series in the origin state
+        X = np.empty((len(rows), len(FEATURES)))
+        level, target = np.empty(len(rows)), np.empty(len(rows))
+        origin_X = np.empty((forecast.sum() * self.horizon, len(FEATURES)), dtype="float32")
+        origin_level = np.empty(forecast.sum() * self.horizon)
+        terms_off = []
+        starts = np.arange(0, len(ids) + PANEL_SERIES, PANEL_SERIES).clip(max=len(ids))
+        bounds = np.searchsorted(codes, starts)  # frame rows of each chunk of series (rows sorted by id)
+        for chunk, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
+            if lo == hi:
+                continue
+            panel = _Panel(frame.iloc[lo:hi], self.horizon, self._calendar(), axis)
+            offset = chunk * PANEL_SERIES
+            take = np.flatnonzero((rows >= offset) & (rows < offset + len(panel.ids)))
+            local = rows[take] - offset
+            X[take], level[take] = panel.design(local, origins[take], steps[take], self.max_step_)
+            target[take] = panel.values[local, origins[take] + steps[take]]
+            wanted = np.flatnonzero(forecast[offset : offset + len(panel.ids)])
+            if len(wanted):
+                first_row = position[offset + wanted[0]] * self.horizon
+                state = slice(first_row, first_row + len(wanted) * self.horizon)
+                origin_X[state], origin_level[state] = self._origin_state(panel, wanted)
+            terms_off.append(panel.terms_off)
         self._fit_estimators(X, target - level, steps, rng)
-        self.last_dates_ = frame.groupby("unique_id", sort=True)["ds"].max()
-        self.origin_features_ = self._origin_state(panel)
-        self.seasonal_terms_off_ = panel.terms_off.sort_index()
+        self.last_dates_ = frame.groupby("unique_id", sort=True)["ds"].max()[forecast]
+        self.origin_features_ = {"X": origin_X, "level": origin_level}
+        self.seasonal_terms_off_ = pd.concat(terms_off).sort_index()
+        self.fitted_on_ = {"series": len(ids), "rows": len(rows), "panel_chunks": len(terms_off),
+                           "series_forecast": int(forecast.sum())}  # fmt: skip
         return self
 
-    def _origin_state(self, panel: _Panel) -> dict:
-        """Keeps the design rows of each series' last day for every step, so predict needs no history."""
-        steps = np.tile(np.arange(1, self.horizon + 1), len(panel.ids))
-        rows = np.repeat(np.arange(len(panel.ids)), self.horizon)
+    def _origin_state(self, panel: _Panel, series: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The design rows of the last day of the panel's ``series`` (row numbers) for every step, so
+        predict needs no history."""
+        steps = np.tile(np.arange(1, self.horizon + 1), len(series))
+        rows = np.repeat(series, self.horizon)
         X, level = panel.design(rows, panel.last[rows], steps, self.max_step_)
-        return {"X": X.astype("float32"), "level": level}
+        return X.astype("float32"), level
 
     def predict(self, h: int) -> pd.DataFrame:
         """Returns ``unique_id, ds, p10, p50, p90`` for the ``h`` days after each series' last day."""
@@ -289,6 +349,8 @@ _DIRECT_DOC = """
         horizon: Longest step ``h`` the model is trained for (``predict(h)`` needs ``h <= horizon``).
         train_window_days: Origins are sampled from this many days before each series' last day.
         max_train_rows: Training rows sampled (series, origin, step); caps the fit cost at any fleet size.
+        max_series: Most series forecast per fit (``None``: all), chosen by ``models.base.budget_series``;
+            the rest get no forecast from this model (prediction is the cost that grows with the fleet).
         country: Holiday calendar (``params:calendar.country``).
         month_end_business_days: Month-end window (``params:calendar.month_end_business_days``).
         quarter_end_business_days: End-of-quarter window (``params:calendar.quarter_end_business_days``).
@@ -317,6 +379,7 @@ class RandomForestForecaster(_PointForecaster):
         horizon: int = 90,
         train_window_days: int = 730,
         max_train_rows: int = 40_000,
+        max_series: int | None = None,
         calibration_share: float = 0.2,
         country: str = "US",
         month_end_business_days: int = 2,
@@ -333,6 +396,7 @@ class RandomForestForecaster(_PointForecaster):
         self.horizon = horizon
         self.train_window_days = train_window_days
         self.max_train_rows = max_train_rows
+        self.max_series = max_series
         self.calibration_share = calibration_share
         self.country = country
         self.month_end_business_days = month_end_business_days
@@ -371,6 +435,7 @@ class GradientBoostingForecaster(_PointForecaster):
         horizon: int = 90,
         train_window_days: int = 730,
         max_train_rows: int = 40_000,
+        max_series: int | None = None,
         calibration_share: float = 0.2,
         country: str = "US",
         month_end_business_days: int = 2,
@@ -385,6 +450,7 @@ class GradientBoostingForecaster(_PointForecaster):
         self.horizon = horizon
         self.train_window_days = train_window_days
         self.max_train_rows = max_train_rows
+        self.max_series = max_series
         self.calibration_share = calibration_share
         self.country = country
         self.month_end_business_days = month_end_business_days
@@ -434,6 +500,7 @@ class QuantileGBMForecaster(_DirectForecaster):
         horizon: int = 90,
         train_window_days: int = 730,
         max_train_rows: int = 30_000,
+        max_series: int | None = None,
         country: str = "US",
         month_end_business_days: int = 2,
         quarter_end_business_days: int = 5,
@@ -451,6 +518,7 @@ class QuantileGBMForecaster(_DirectForecaster):
         self.horizon = horizon
         self.train_window_days = train_window_days
         self.max_train_rows = max_train_rows
+        self.max_series = max_series
         self.country = country
         self.month_end_business_days = month_end_business_days
         self.quarter_end_business_days = quarter_end_business_days

@@ -232,7 +232,7 @@ def backtest_forecaster(
             ignore_index=True,
         )
         origins = history.groupby("unique_id")["ds"].max()
-        fitted_series += len(origins)
+        fitted_series += forecast["unique_id"].nunique()  # a budgeted model forecasts fewer than it was given
         parts.append(forecast.assign(fold=fold, origin=forecast["unique_id"].map(origins), model=alias))
     seconds = time.perf_counter() - started
     stats.update(
@@ -284,6 +284,10 @@ def fit_forecaster(
     terms = [f.seasonal_terms_off_ for f in fitted.values() if hasattr(f, "seasonal_terms_off_")]
     off = pd.concat(terms).sum().astype(int).to_dict() if terms else {}
     summary.update(series=int(frame["unique_id"].nunique()), seasonal_terms_off=off)
+    fitted_on = [f.fitted_on_ for f in fitted.values() if hasattr(f, "fitted_on_")]
+    if fitted_on:  # what a budgeted model was fitted on, summed over metrics (series, rows, ...)
+        summary["fitted_on"] = pd.DataFrame(fitted_on).sum().astype(int).to_dict()
+        logger.info("%s fitted on %s", model.alias, summary["fitted_on"])
     if any(off.values()):
         logger.info("%s switched off seasonal terms (series per term): %s", model.alias, off)
     return fitted, summary
@@ -711,11 +715,13 @@ def rank_models(  # noqa: PLR0913, PLR0917 (one argument per node input)
     Returns:
         ``models, by_archetype, by_metric`` (records sorted by MASE; ``models`` also carries ``folds``,
         ``fit_seconds`` and ``series_per_second``), ``common_folds``, ``backtest`` (requested vs used origins
-        and horizon, origin dates, reason), ``seasonal_terms_off`` (per model: series per term switched off)
-        and ``selection`` (series per selected model and per basis).
+        and horizon, origin dates, reason), ``seasonal_terms_off`` (per model: series per term switched off),
+        ``fitted_on`` (per model: series and rows its final fit used, e.g. Prophet's ``max_series``) and
+        ``selection`` (series per selected model and per basis).
     """
     timing = {s["model"]: s for s in model_stats if "fit_seconds" in s}
     terms_off = {s["model"]: s["seasonal_terms_off"] for s in model_stats if "seasonal_terms_off" in s}
+    fitted_on = {s["model"]: s["fitted_on"] for s in model_stats if "fitted_on" in s}
     plan_keys = ("requested_origins", "requested_horizon", "origins", "horizon", "origin_offsets_days",
                  "origin_dates", "analysis_date", "independent_folds", "reference_history_days",
                  "min_train_days", "spacing_days", "reason")  # fmt: skip
@@ -726,6 +732,7 @@ def rank_models(  # noqa: PLR0913, PLR0917 (one argument per node input)
         "common_folds": [],
         "backtest": {k: backtest_plan.get(k) for k in plan_keys},
         "seasonal_terms_off": terms_off,
+        "fitted_on": fitted_on,
         "selection": {
             "models": model_selection["model"].value_counts().to_dict(),
             "basis": model_selection["basis"].value_counts().to_dict(),

@@ -1,0 +1,198 @@
+"""Fleet-scale budgets of the forecasters: Prophet's series budget, the trees' row budget and panel chunks,
+the vectorised per-series models, and selection when a budgeted model skipped some series."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from capacity_forecaster.models import (
+    ProphetForecaster,
+    QuantileGBMForecaster,
+    SeasonalNaiveForecaster,
+    trees,
+)
+from capacity_forecaster.models.base import budget_series, check_long_frame
+from capacity_forecaster.pipelines.modelling.nodes import (
+    backtest_forecaster,
+    fit_forecaster,
+    plan_backtest,
+    prepare_model_input,
+    rank_models,
+    select_models,
+)
+from tests.models.sample_series import clean_tables, long_frame
+
+
+def _spans(days: dict[str, int]) -> pd.DataFrame:
+    return pd.DataFrame({"days": list(days.values())}, index=pd.Index(list(days), name="unique_id"))
+
+
+def test_prophet_budget_prefers_long_histories_and_is_stable_across_folds():
+    days = {f"srv-{i:03d}|cpu_p95": 900 for i in range(30)} | {f"new-{i}|cpu_p95": 200 for i in range(5)}
+    chosen = budget_series(_spans(days), 10, 730)
+    assert len(chosen) == 10 and chosen.is_monotonic_increasing
+    assert not any(uid.startswith("new-") for uid in chosen)  # long histories first
+    # a backtest fold cuts the same days from every series: the same series are chosen
+    folded = _spans({uid: n - 150 for uid, n in days.items()})
+    assert budget_series(folded, 10, 730).equals(chosen)
+    # the order of the rows does not matter, and a budget above the fleet keeps every series
+    shuffled = _spans(dict(reversed(list(days.items()))))
+    assert budget_series(shuffled, 10, 730).equals(chosen)
+    assert len(budget_series(_spans(days), 100, 730)) == len(days)
+    assert len(budget_series(_spans(days), None, 730)) == len(days)
+    # short histories fill the budget once the long ones are taken
+    assert sum(uid.startswith("new-") for uid in budget_series(_spans(days), 32, 730)) == 2
+
+
+def test_prophet_fits_and_forecasts_only_its_budget_of_series():
+    frame = long_frame(n_series=4, days=60)
+    model = ProphetForecaster(yearly_seasonality=False, fit_window_days=60, n_jobs=1, max_series=2).fit(frame)
+    forecast = model.predict(7)
+    assert forecast["unique_id"].nunique() == 2 == len(model.models_)
+    expected = budget_series(_spans(dict.fromkeys(["s0", "s1", "s2", "s3"], 60)), 2, 730)
+    assert set(forecast["unique_id"]) == set(expected)
+    assert model.fitted_on_ == {"series": 2, "series_skipped": 2, "rows": 120}
+    with pytest.raises(ValueError, match="max_series"):
+        ProphetForecaster(max_series=0).fit(frame)
+
+
+class _DesignSpy:
+    """Records the rows of every design matrix and the series of every panel a fit builds."""
+
+    def __init__(self, monkeypatch):
+        self.design_rows, self.panel_series = [], []
+        design, init = trees._Panel.design, trees._Panel.__init__
+
+        def spy_design(panel, rows, *args, **kwargs):
+            self.design_rows.append(len(rows))
+            return design(panel, rows, *args, **kwargs)
+
+        def spy_init(panel, frame, *args, **kwargs):
+            init(panel, frame, *args, **kwargs)
+            self.panel_series.append(len(panel.ids))
+
+        monkeypatch.setattr(trees._Panel, "design", spy_design)
+        monkeypatch.setattr(trees._Panel, "__init__", spy_init)
+
+
+def test_tree_features_are_built_only_for_the_row_budget_and_one_chunk_at_a_time(monkeypatch):
+    frame = long_frame(n_series=7, days=300)
+    monkeypatch.setattr(trees, "PANEL_SERIES", 3)
+    spy = _DesignSpy(monkeypatch)
+    horizon, budget = 14, 500
+    model = QuantileGBMForecaster(max_iter=5, horizon=horizon, max_train_rows=budget, train_window_days=100)
+    model.fit(frame)
+    assert spy.panel_series == [3, 3, 1]  # never the whole fleet at once
+    training = spy.design_rows[0::2]  # per chunk: the chunk's sampled rows, then its series' last days
+    assert sum(training) == budget and max(spy.design_rows) <= budget + 3 * horizon
+    assert spy.design_rows[1::2] == [3 * horizon, 3 * horizon, horizon]
+    assert model.fitted_on_ == {"series": 7, "rows": budget, "panel_chunks": 3, "series_forecast": 7}
+
+
+def test_chunked_tree_panels_give_the_same_forecast_as_one_panel(monkeypatch):
+    short = long_frame(n_series=2, days=90, seed=4)
+    frame = pd.concat(
+        [long_frame(n_series=5, days=260, seed=3), short.assign(unique_id="t" + short["unique_id"])]
+    )
+
+    def forecast() -> pd.DataFrame:
+        return QuantileGBMForecaster(max_iter=5, horizon=14, max_train_rows=800).fit(frame).predict(14)
+
+    whole = forecast()
+    monkeypatch.setattr(trees, "PANEL_SERIES", 2)
+    pd.testing.assert_frame_equal(forecast(), whole)
+
+
+def test_tree_series_budget_forecasts_a_stable_sample_from_a_model_trained_on_every_series(monkeypatch):
+    frame = long_frame(n_series=7, days=300)
+    monkeypatch.setattr(trees, "PANEL_SERIES", 3)
+    spy = _DesignSpy(monkeypatch)
+    forecast_series = []
+    origin_state = trees._DirectForecaster._origin_state
+
+    def spy_origin_state(model, panel, series):
+        forecast_series.extend(panel.ids[series])
+        return origin_state(model, panel, series)
+
+    monkeypatch.setattr(trees._DirectForecaster, "_origin_state", spy_origin_state)
+    model = QuantileGBMForecaster(max_iter=5, horizon=14, max_train_rows=500, max_series=3).fit(frame)
+    forecast = model.predict(14)
+    spans = pd.DataFrame({"days": 300}, index=pd.Index([f"s{i}" for i in range(7)]))
+    assert sorted(forecast["unique_id"].unique()) == list(budget_series(spans, 3, 730))
+    assert sum(spy.design_rows[0::2]) == 500  # trained on rows of every series ...
+    assert (
+        sum(rows for rows in spy.design_rows if rows % 14 == 0 and rows <= 3 * 14) == 3 * 14
+    )  # ... 3 forecast
+    assert model.fitted_on_ == {"series": 7, "rows": 500, "panel_chunks": 3, "series_forecast": 3}
+    full = QuantileGBMForecaster(max_iter=5, horizon=14, max_train_rows=500).fit(frame).predict(14)
+    same = full[full["unique_id"].isin(forecast["unique_id"])].reset_index(drop=True)
+    pd.testing.assert_frame_equal(forecast, same)  # the same model, fewer series predicted
+
+
+def test_vectorised_seasonal_naive_matches_the_rule_per_series():
+    frame = long_frame(n_series=3, days=120)
+    frame = frame[
+        ~((frame["unique_id"] == "s1") & (frame["ds"] < frame["ds"].min() + pd.Timedelta(days=100)))
+    ]
+    model = SeasonalNaiveForecaster(season_length=7, residual_window=35).fit(frame)
+    forecast = model.predict(10).set_index(["unique_id", "ds"])
+    for uid, group in frame.groupby("unique_id"):
+        y = group["y"].to_numpy()[-42:]
+        steps = np.arange(1, 11)
+        seasons = -(-steps // 7)
+        point = y[len(y) - 1 + steps - 7 * seasons]
+        bounds = np.array([np.quantile(y[7 * k :] - y[: -7 * k], [0.1, 0.9]) for k in seasons])
+        expected = np.sort(
+            np.clip(np.column_stack([point + bounds[:, 0], point, point + bounds[:, 1]]), 0, 100)
+        )
+        np.testing.assert_allclose(forecast.loc[uid][["p10", "p50", "p90"]].to_numpy(), expected)
+
+
+def test_long_frame_check_sorts_unsorted_input_and_keeps_sorted_input_as_is():
+    frame = long_frame(n_series=3, days=20)
+    checked = check_long_frame(frame)
+    pd.testing.assert_frame_equal(check_long_frame(frame.sample(frac=1, random_state=0)), checked)
+    assert checked["unique_id"].is_monotonic_increasing and len(checked) == len(frame)
+    with pytest.raises(ValueError, match="without gaps"):
+        check_long_frame(frame.drop(index=5))
+
+
+def test_selection_never_picks_a_model_for_a_series_it_did_not_forecast():
+    # prophet (budgeted) backtested only server a; it is far better there, but b and c must not get it
+    rows = [("a", "prophet", 0.5), ("a", "seasonal_naive", 1.0), ("a", "ensemble", 0.9)]
+    rows += [(s, m, v) for s in "bc" for m, v in (("seasonal_naive", 1.0), ("ensemble", 0.9))]
+    metrics = pd.DataFrame(
+        [(s, "cpu_p95", m, fold, v) for s, m, v in rows for fold in (0, 1)],
+        columns=["server_id", "metric", "model", "fold", "mase"],
+    ).assign(archetype="web", coverage=0.8)
+    model_input = pd.DataFrame(
+        {"server_id": list("abc"), "metric": "cpu_p95", "archetype": "web", "history_days": 400}
+    )
+    model_input["unique_id"] = model_input["server_id"] + "|cpu_p95"
+    plan = {"origin_offsets_days": [200, 100], "horizon": 90}
+    chosen = select_models(metrics, model_input, plan, "mase", 0.8, 0.05, 0.65, 28).set_index("server_id")
+    assert chosen.loc["a", "model"] == "prophet"
+    assert set(chosen.loc[["b", "c"], "model"]) == {"ensemble"}
+
+
+def test_the_leaderboard_records_what_a_budgeted_model_was_fitted_on():
+    clean, inventory = clean_tables(n_servers=3, days=120)
+    model_input = prepare_model_input(clean, inventory)
+    calendar = {"country": "US", "month_end_business_days": 2, "quarter_end_business_days": 5}
+    settings = {"yearly_seasonality": False, "fit_window_days": 60, "n_jobs": 1, "max_series": 1}
+    fitted, summary = fit_forecaster(
+        model_input, enabled=True, kind="prophet", hyperparameters=settings, horizon=7, metric_jobs=1,
+        min_history_days=28, **calendar,
+    )  # fmt: skip
+    assert summary["fitted_on"] == {"series": 4, "series_skipped": 8, "rows": 240}  # one series per metric
+    assert sum(len(f.models_) for f in fitted.values()) == 4
+    plan = plan_backtest(model_input, 7, 1, 0.2, 35, 7, 1)
+    backtest, stats = backtest_forecaster(
+        model_input, plan, enabled=True, kind="prophet", hyperparameters=settings, backtest_folds=1,
+        metric_jobs=1, **calendar,
+    )  # fmt: skip
+    assert backtest["unique_id"].nunique() == stats["series"] == 4  # the series fitted, not those given
+    plan = {"reason": "no folds", "origin_offsets_days": [], "horizon": 0}
+    selection = pd.DataFrame(columns=["server_id", "metric", "model", "basis"])
+    board = rank_models(pd.DataFrame(), selection, plan, "mase", 0.8, 0.05, 0.65, summary)
+    assert board["fitted_on"] == {"prophet": summary["fitted_on"]}
