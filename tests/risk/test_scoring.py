@@ -173,3 +173,12 @@ def test_unknown_servers_cluster_without_archetype_and_keep_the_index_on_the_oth
     assert clusters.set_index("server_id").loc["web-3", "archetype"] == "unknown"
     assert report["adjusted_rand_index"] == pytest.approx(1.0)
     assert "1 server(s) without a known archetype" in report["adjusted_rand_index_note"]
+
+
+def test_a_server_with_only_the_fallback_forecast_is_never_underutilized():
+    # onboarded 5 days ago at 2 % cpu: too little history to consolidate on; with a model forecast it would be
+    history = history_frame({("new", "cpu_p95"): np.full(5, 2.0)})
+    quiet = score(forecast_frame({("new", "cpu_p95"): np.full(90, 4.0)}, model="fallback"), history)
+    assert quiet["risk_level"].tolist() == ["normal"]
+    modelled = score(forecast_frame({("new", "cpu_p95"): np.full(90, 4.0)}), history)
+    assert modelled["risk_level"].tolist() == ["underutilized"]

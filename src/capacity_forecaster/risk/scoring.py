@@ -310,7 +310,8 @@ def score_series(  # noqa: PLR0913, PLR0914, PLR0915, PLR0917 - one argument per
             out["prob_above_90"].to_numpy(),
             out["recent_days_above_80"].to_numpy() >= recent_min_days,
             out["recent_days_above_90"].to_numpy() >= recent_min_days,
-            mean,
+            # a history too short for a model (the fallback forecast) says too little to consolidate on
+            np.where(out["model"].to_numpy() == "fallback", np.nan, mean),
             cutoffs["high"],
             cutoffs["very_high"],
             thresholds["underutilized"],
