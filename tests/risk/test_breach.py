@@ -10,6 +10,8 @@ from capacity_forecaster.risk.breach import (
     assign_tiers,
     bivariate_normal_cdf,
     breach_probabilities,
+    combine_breach,
+    history_breach_probability,
     latent_thresholds,
     median_breach_day,
 )
@@ -121,3 +123,16 @@ def test_tiers_from_probability_cutoffs_and_recent_days():
 
 def test_z90_is_the_normal_90_percent_quantile():
     assert ndtr(Z90) == pytest.approx(0.9)
+
+
+def test_history_breach_probability_by_hand():
+    # 1 episode in 28 observed days over 14 days: 1 - (27/28)^14 = 0.3990; median day: first d with
+    # 1 - (27/28)^d >= 0.1995, d = ceil(ln(0.8005) / ln(27/28)) = ceil(6.13) = 7. No episode, no observed
+    # day or no forecast day: 0. An episode every day: certain, on day 1.
+    probability, day = history_breach_probability(
+        np.array([1, 0, 1, 1, 28]), np.array([28, 28, 0, 28, 28]), np.array([14, 14, 14, 0, 30])
+    )
+    assert probability == pytest.approx([1 - (27 / 28) ** 14, 0.0, 0.0, 0.0, 1.0])
+    assert day.tolist() == [7, 0, 0, 0, 1]
+    combined, when = combine_breach((np.array([0.2, 0.5]), np.array([3, 9])), (probability[:2], day[:2]))
+    assert combined == pytest.approx([1 - (27 / 28) ** 14, 0.5]) and when.tolist() == [7, 9]

@@ -47,6 +47,8 @@ def constructed_fleet() -> tuple[pd.DataFrame, pd.DataFrame]:
        breaches on day 2 after it (hit, lead 2). d: calm throughout.
     Rule = forecast or recent: flagged {a1, a2, c2}, breached {a1, b1, c2}: precision 2/3, recall 2/3,
     lead times 3 and 2. Forecast alone: {a1, a2}: precision 1/2, recall 1/3. Recent alone: {c2}: 1/1, 1/3.
+    The history's probability at c2 (3 single-day episodes in the 28 days before it, over 10 fold days):
+    1 - (25/28)^10 = 0.678 >= 0.5, so the probability flag (forecast or history) is {a1, a2, c2}: 2/3, 2/3.
     """
     folds = [
         _fold("a", FIRST, 85.0, _with(3, 86.0)),
@@ -78,6 +80,7 @@ def _backtest(**overrides):
         "breach_min_days": 1,
         "recent_window_days": 14,
         "recent_min_days": 2,
+        "exceedance_window_days": 28,
         **overrides,
     }
     return backtest_risk_flags(backtest, clean, FALLBACK, **arguments)
@@ -94,7 +97,9 @@ def test_risk_backtest_precision_recall_and_lead_time_by_hand():
     assert (rule["true_positives"], rule["false_positives"], rule["false_negatives"]) == (2, 1, 1)
     assert rule["lead_time"] == {"n": 2, "median_days": 2.5, "mean_days": 2.5, "min_days": 2}
     forecast = high["forecast"]["series"]
-    assert (forecast["precision"], forecast["recall"]) == (0.5, 0.3333)
+    assert (forecast["precision"], forecast["recall"]) == (0.6667, 0.6667)  # c2 through its history
+    alone = _backtest(exceedance_window_days=0)["thresholds"]["80"]["forecast"]["series"]
+    assert (alone["precision"], alone["recall"]) == (0.5, 0.3333)
     recent = high["recent"]["series"]
     assert (recent["precision"], recent["recall"]) == (1.0, 0.3333)
     assert high["forecast_or_recent"]["servers"]["precision"] == 0.6667  # one metric: servers = series
@@ -116,14 +121,14 @@ def test_breach_on_n_days_needs_n_actual_days():
 
 def test_no_backtest_says_so():
     _, clean = constructed_fleet()
-    result = backtest_risk_flags(pd.DataFrame(), clean, FALLBACK, THRESHOLDS, CUTOFFS, 1, 14, 2)
+    result = backtest_risk_flags(pd.DataFrame(), clean, FALLBACK, THRESHOLDS, CUTOFFS, 1, 14, 2, 28)
     assert result["available"] is False and "no risk backtest" in result["note"]
 
 
 def test_backtest_in_another_schema_is_left_out_and_said_so():
     backtest, clean = constructed_fleet()
     old = backtest.rename(columns={"actual": "y", "server_id": "unique_id"})  # the older all-models file
-    result = backtest_risk_flags(old, clean, FALLBACK, THRESHOLDS, CUTOFFS, 1, 14, 2)
+    result = backtest_risk_flags(old, clean, FALLBACK, THRESHOLDS, CUTOFFS, 1, 14, 2, 28)
     assert result["available"] is False
     assert (
         "lacks column(s) ['server_id', 'actual']" in result["note"] and "re-run modelling" in result["note"]

@@ -44,7 +44,7 @@ def test_recent_days_above_the_threshold_flag_a_server_the_forecast_misses():
     scored = score(forecasts, history)
     row = scored.set_index("metric").loc["memory_p95"]
     assert (row["recent_days_above_90"], row["recent_days_above_80"]) == (4, 4)
-    assert row["prob_above_90"] < 0.01 and row["risk_level"] == "very_high"
+    assert row["prob_above_90_forecast"] < 0.01 and row["risk_level"] == "very_high"
     assert (
         "already above 90 % on 4 recent day(s)"
         in _register(scored, history).loc[("vm", "memory_p95"), "reason"]
@@ -53,7 +53,36 @@ def test_recent_days_above_the_threshold_flag_a_server_the_forecast_misses():
     memory[[-10, -7, -4]] = 55.0
     memory[-30] = 99.0
     history = history_frame({("vm", "memory_p95"): memory, ("vm", "cpu_p95"): np.full(60, 20.0)})
-    assert score(forecasts, history).set_index("metric").loc["memory_p95", "risk_level"] == "normal"
+    alone = score(forecasts, history, exceedance_window_days=0).set_index("metric").loc["memory_p95"]
+    assert alone["risk_level"] == "normal" and alone["prob_above_80_history"] == 0
+
+
+def test_single_day_excursions_give_a_breach_probability_at_their_rate():
+    # memory calm (forecast p90 60 %) but one day above 80 % in each of the last two 14-day stretches: 2
+    # episodes in 28 observed days, so a day starts one with r = 1/14; over 14 days 1 - (13/14)^14 = 0.6451,
+    # over 90 days 0.9987. The median breach day given a breach: first d with 1 - (13/14)^d >= 0.6451 / 2,
+    # d = ceil(ln(1 - 0.3226) / ln(13/14)) = ceil(5.26) = 6. The 99 % day 40 days ago is outside the window.
+    memory = np.full(60, 40.0)
+    memory[[-20, -6, -40]] = [85.0, 84.0, 99.0]
+    history = history_frame({("vm", "memory_p95"): memory, ("vm", "cpu_p95"): np.full(60, 20.0)})
+    forecasts = forecast_frame(
+        {("vm", "memory_p95"): np.full(90, 60.0), ("vm", "cpu_p95"): np.full(90, 30.0)}
+    )
+    row = score(forecasts, history, horizon=14, near_term_days=14).set_index("metric").loc["memory_p95"]
+    assert row["prob_above_80_history"] == pytest.approx(1 - (13 / 14) ** 14, abs=1e-4)
+    assert row["prob_above_80_forecast"] < 0.01 and row["prob_above_80"] == row["prob_above_80_history"]
+    assert row["expected_breach_date_80"] == ANALYSIS_DATE + pd.Timedelta(days=6)
+    assert row["prob_above_90_history"] == 0 and row["recent_days_above_80"] == 1
+    assert row["risk_level"] == "high"  # 0.65 >= the 0.5 cut-off, though only one recent day is above
+    longer = score(forecasts, history).set_index("metric").loc["memory_p95"]  # 90 days
+    assert longer["prob_above_80"] == pytest.approx(1 - (13 / 14) ** 90, abs=1e-4)
+    # two consecutive days above are one episode: r = 1/28, 1 - (27/28)^14 = 0.3990 (normal at 0.5)
+    memory[[-20, -6]] = 40.0
+    memory[[-6, -5]] = 85.0
+    history = history_frame({("vm", "memory_p95"): memory, ("vm", "cpu_p95"): np.full(60, 20.0)})
+    run = score(forecasts, history, horizon=14, near_term_days=14).set_index("metric").loc["memory_p95"]
+    assert run["prob_above_80"] == pytest.approx(1 - (27 / 28) ** 14, abs=1e-4)
+    assert run["risk_level"] == "high"  # through the recent-days rule: 2 of the last 14 days above 80 %
 
 
 def test_stale_server_is_not_tiered_and_asks_to_check_monitoring():
@@ -144,3 +173,12 @@ def test_unknown_servers_cluster_without_archetype_and_keep_the_index_on_the_oth
     assert clusters.set_index("server_id").loc["web-3", "archetype"] == "unknown"
     assert report["adjusted_rand_index"] == pytest.approx(1.0)
     assert "1 server(s) without a known archetype" in report["adjusted_rand_index_note"]
+
+
+def test_a_server_with_only_the_fallback_forecast_is_never_underutilized():
+    # onboarded 5 days ago at 2 % cpu: too little history to consolidate on; with a model forecast it would be
+    history = history_frame({("new", "cpu_p95"): np.full(5, 2.0)})
+    quiet = score(forecast_frame({("new", "cpu_p95"): np.full(90, 4.0)}, model="fallback"), history)
+    assert quiet["risk_level"].tolist() == ["normal"]
+    modelled = score(forecast_frame({("new", "cpu_p95"): np.full(90, 4.0)}), history)
+    assert modelled["risk_level"].tolist() == ["underutilized"]

@@ -13,6 +13,11 @@ normal of consecutive days. This is exact for independent days (``rho = 0``) and
 (``rho = 1``: all days share one latent value), needs no random numbers, and costs O(days x min_days) per
 series, so 100,000 servers x 4 metrics run in chunks in seconds. Between those extremes the exceedance chain
 is not exactly Markov; tests check it against a Monte Carlo of the AR(1) copula.
+
+A forecast's spread describes ordinary days; single-day excursions (a batch job, a backup) are rare in the
+backtest and widen no interval. ``history_breach_probability`` gives the other view: episodes above the
+threshold start on a day at the rate seen in the recent history, and the register's probability is the larger
+of the two (``combine_breach``).
 """
 
 import numpy as np
@@ -161,6 +166,36 @@ def median_breach_day(cumulative: np.ndarray) -> np.ndarray:
     total = cumulative[:, -1:] if cumulative.shape[1] else np.zeros((len(cumulative), 1))
     reached = cumulative >= 0.5 * total
     return np.where(total[:, 0] > 0, reached.argmax(axis=1) + 1, 0)
+
+
+def history_breach_probability(
+    episodes: np.ndarray, observed_days: np.ndarray, days: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Probability of an episode above a threshold within ``days`` days at the rate the recent history shows.
+
+    With ``k`` episodes (runs of days above) in ``n`` observed recent days an episode starts on any day with
+    probability ``r = k / n``, independently of the other days: ``P = 1 - (1 - r) ** days``. The median
+    breach day given a breach is the first day ``d`` with ``1 - (1 - r) ** d >= P / 2``.
+
+    Returns:
+        ``probability`` and ``median_day`` (1 = the first forecast day; 0 when the probability is 0).
+    """
+    episodes, observed = np.asarray(episodes, dtype=float), np.asarray(observed_days, dtype=float)
+    days = np.broadcast_to(np.asarray(days, dtype=float), episodes.shape)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rate = np.clip(np.where(observed > 0, episodes / observed, 0.0), 0.0, 1.0)
+        probability = np.where(days > 0, 1.0 - (1.0 - rate) ** days, 0.0)
+        median = np.ceil(np.log1p(-probability / 2) / np.log1p(-rate))
+    median = np.where(rate >= 1, 1, np.clip(np.nan_to_num(median, nan=1.0, posinf=1.0), 1, None))
+    return probability, np.where(probability > 0, median, 0).astype(np.int64)
+
+
+def combine_breach(
+    model: tuple[np.ndarray, np.ndarray], history: tuple[np.ndarray, np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The larger of the forecast's and the history's breach probability, with the median day of that one."""
+    use_history = history[0] > model[0]
+    return np.where(use_history, history[0], model[0]), np.where(use_history, history[1], model[1])
 
 
 def first_day_above(grid: np.ndarray, threshold: float) -> np.ndarray:

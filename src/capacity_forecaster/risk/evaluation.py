@@ -10,10 +10,10 @@ import pandas as pd
 
 from capacity_forecaster.schema import RISK_LEVELS
 
-from .breach import server_tiers
+from .breach import combine_breach, history_breach_probability, server_tiers
 from .dependence import rho_for, usable_backtest
 from .register import AT_RISK
-from .scoring import breach_columns, count_recent_days
+from .scoring import breach_columns, count_recent_days, count_recent_episodes
 from .tables import day_numbers, require_columns
 
 logger = logging.getLogger(__name__)
@@ -224,11 +224,13 @@ def backtest_risk_flags(  # noqa: PLR0913, PLR0914, PLR0917 - one argument per p
     breach_min_days: int,
     recent_window_days: int,
     recent_min_days: int,
+    exceedance_window_days: int,
 ) -> dict[str, Any]:
     """The register's flags computed at every past origin of the backtest, scored on what then happened.
 
     For each (server, metric, origin) the fold's forecast gives the breach probabilities over the fold's days
-    and the clean history up to the origin gives the recent-days rule, exactly as for today's register. The
+    and the clean history up to the origin gives the recent-days rule and the history's breach probability
+    (episodes in the last ``exceedance_window_days`` days), exactly as for today's register. The
     truth is whether the actuals of the fold breached (at least ``breach_min_days`` days above). A high
     flag (at risk: very_high or high) is scored against breaches of the high threshold, a very_high flag
     against breaches of the very-high one. Lead time = days from the origin to the actual breach, for hits.
@@ -253,24 +255,29 @@ def backtest_risk_flags(  # noqa: PLR0913, PLR0914, PLR0917 - one argument per p
         "servers": int(cases["server_id"].nunique()),
         "breach_min_days": int(breach_min_days),
         "recent_rule": f">= {recent_min_days} of the last {recent_window_days} days above",
+        "history_window_days": int(exceedance_window_days),
         "cutoffs": dict(cutoffs),
         "thresholds": {},
     }
-    recent = {"80": np.zeros(len(cases), dtype=np.int64), "90": np.zeros(len(cases), dtype=np.int64)}
+    levels = {"80": thresholds["high"], "90": thresholds["very_high"]}
+    recent = {label: np.zeros(len(cases), dtype=np.int64) for label in levels}
+    episodes = {label: np.zeros(len(cases), dtype=np.int64) for label in levels}
+    observed = np.zeros(len(cases), dtype=np.int64)
     for origin_day in np.unique(cases["_origin_day"]):
         at = np.flatnonzero(cases["_origin_day"].to_numpy() == origin_day)
-        counts = count_recent_days(
-            clean_server_metrics,
-            cases.iloc[at].reset_index(drop=True),
-            int(origin_day),
-            recent_window_days,
-            {"80": thresholds["high"], "90": thresholds["very_high"]},
+        keys = cases.iloc[at].reset_index(drop=True)
+        counts = count_recent_days(clean_server_metrics, keys, int(origin_day), recent_window_days, levels)
+        runs, observed[at] = count_recent_episodes(
+            clean_server_metrics, keys, int(origin_day), exceedance_window_days, levels, breach_min_days
         )
-        for label, values in counts.items():
-            recent[label][at] = values
+        for label in levels:
+            recent[label][at], episodes[label][at] = counts[label], runs[label]
+    fold_days = (~np.isnan(grids["p50"])).sum(axis=1)
     probability, truth_day, recent_flag = {}, {}, {}
     for label, key in (("80", "high"), ("90", "very_high")):
-        probability[label] = breach_columns(grids, rho, thresholds[key], breach_min_days)[0]
+        model = breach_columns(grids, rho, thresholds[key], breach_min_days)
+        history = history_breach_probability(episodes[label], observed, fold_days)
+        probability[label] = combine_breach(model, history)[0]
         truth_day[label] = _actual_breach_day(grids["actual"], thresholds[key], breach_min_days)
         recent_flag[label] = recent[label] >= recent_min_days
     # the register's rule: at risk (80) when either threshold's flag fires; very_high (90) on its own

@@ -20,7 +20,9 @@ from capacity_forecaster.schema import QUANTILES, RISK_LEVELS
 from .breach import (
     assign_tiers,
     breach_probabilities,
+    combine_breach,
     first_day_above,
+    history_breach_probability,
     latent_thresholds,
     median_breach_day,
     recent_days_above,
@@ -113,6 +115,48 @@ def count_recent_days(
     }
 
 
+def count_recent_episodes(  # noqa: PLR0913, PLR0917 - the window, then the rule's settings
+    clean: pd.DataFrame,
+    keys: pd.DataFrame,
+    last_day: int,
+    window_days: int,
+    thresholds: dict[str, float],
+    min_days: int,
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Episodes above each threshold in the ``window_days`` days up to day number ``last_day``.
+
+    An episode is a run of consecutive observed days above the threshold holding at least ``min_days`` days
+    (a breach on its own); a run that began before the window counts with its days inside it.
+
+    Returns:
+        Per threshold label, the episodes of each row of ``keys`` (``server_id``, ``metric``), and the
+        observed days of each row in the window.
+    """
+    first, last = dates_of(np.array([last_day - window_days + 1, last_day]))
+    dates = pd.to_datetime(clean["date"])
+    recent = _observed(clean.loc[(dates >= first) & (dates < last + pd.Timedelta(days=1))])
+    index = pd.MultiIndex.from_frame(keys[["server_id", "metric"]].astype("str"))
+    position = index.get_indexer(
+        pd.MultiIndex.from_arrays([recent["server_id"].astype("str"), recent["metric"].astype("str")])
+    )
+    inside = position >= 0
+    position, day = position[inside], day_numbers(recent["date"])[inside]
+    values = recent["value"].to_numpy(float)[inside]
+    order = np.lexsort((day, position))
+    position, day, values = position[order], day[order], values[order]
+    observed = np.bincount(position, minlength=len(keys))
+    follows = np.r_[False, (position[1:] == position[:-1]) & (day[1:] == day[:-1] + 1)]
+    episodes = {}
+    for label, threshold in thresholds.items():
+        above = values > threshold
+        starts = above & ~(follows & np.r_[False, above[:-1]])
+        run = np.cumsum(starts)  # run number of each day above (days below are ignored)
+        length = np.bincount(run[above], minlength=run[-1] + 1 if len(run) else 1)
+        long_enough = starts & (length[run] >= min_days)
+        episodes[label] = np.bincount(position[long_enough], minlength=len(keys))
+    return episodes, observed
+
+
 def _history_days(
     rows: pd.DataFrame, codes: np.ndarray, keys: pd.DataFrame, clean: pd.DataFrame
 ) -> np.ndarray:
@@ -157,12 +201,14 @@ def score_series(  # noqa: PLR0913, PLR0914, PLR0915, PLR0917 - one argument per
     recent_min_days: int,
     stale_after_days: int,
     calendar: dict[str, Any],
+    exceedance_window_days: int,
 ) -> pd.DataFrame:
     """Scores every series; see ``pipelines.risk_analysis.nodes.score_forecast_risk`` for the columns.
 
     ``thresholds`` has ``high``, ``very_high``, ``underutilized`` (%), ``cutoffs`` has ``high`` and
     ``very_high`` (probabilities); ``calendar`` holds ``country``, ``month_end_business_days`` and
-    ``quarter_end_business_days``.
+    ``quarter_end_business_days``. The breach probabilities are the larger of the forecast's and the rate of
+    episodes above the threshold in the last ``exceedance_window_days`` days (``breach.combine_breach``).
     """
     high, very_high = thresholds["high"], thresholds["very_high"]
     rows = select_forecasts(forecasts, forecast_model)
@@ -239,8 +285,16 @@ def score_series(  # noqa: PLR0913, PLR0914, PLR0915, PLR0917 - one argument per
 
     rho = rho_for(dependence, out["metric"])
     out["breach_correlation"] = rho
+    episodes, observed = count_recent_episodes(
+        clean_server_metrics, keys, today, exceedance_window_days, {"80": high, "90": very_high},
+        breach_min_days,
+    )  # fmt: skip
     for label, threshold in (("80", high), ("90", very_high)):
-        probability, median_day = breach_columns(grids, rho, threshold, breach_min_days)
+        model = breach_columns(grids, rho, threshold, breach_min_days)
+        history = history_breach_probability(episodes[label], observed, forecast_days)
+        probability, median_day = combine_breach(model, history)
+        out[f"prob_above_{label}_forecast"] = model[0].round(4)
+        out[f"prob_above_{label}_history"] = history[0].round(4)
         out[f"prob_above_{label}"] = probability.round(4)
         out[f"expected_breach_date_{label}"] = dates_of(today + median_day).where(median_day > 0)
     recent = count_recent_days(
@@ -256,7 +310,8 @@ def score_series(  # noqa: PLR0913, PLR0914, PLR0915, PLR0917 - one argument per
             out["prob_above_90"].to_numpy(),
             out["recent_days_above_80"].to_numpy() >= recent_min_days,
             out["recent_days_above_90"].to_numpy() >= recent_min_days,
-            mean,
+            # a history too short for a model (the fallback forecast) says too little to consolidate on
+            np.where(out["model"].to_numpy() == "fallback", np.nan, mean),
             cutoffs["high"],
             cutoffs["very_high"],
             thresholds["underutilized"],
@@ -268,7 +323,7 @@ def score_series(  # noqa: PLR0913, PLR0914, PLR0915, PLR0917 - one argument per
     out["last_day"] = out["server_id"].map(silent["last_day"]).astype("datetime64[ns]")
     out["days_silent"] = out["server_id"].map(silent["days_silent"]).astype("Int64")
     blank = out["stale"].to_numpy()
-    out.loc[blank, ["prob_above_80", "prob_above_90"]] = np.nan
+    out.loc[blank, [c for c in out.columns if c.startswith("prob_above_")]] = np.nan
     for column in (
         "expected_breach_date_80",
         "expected_breach_date_90",

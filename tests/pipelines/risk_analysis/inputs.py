@@ -18,6 +18,7 @@ FLAG_PARAMS = {
     "breach_min_days": 1,
     "recent_window_days": 14,
     "recent_min_days": 2,
+    "exceedance_window_days": 28,
 }
 SCORE_PARAMS = {
     "forecast_model": "selected",

@@ -24,7 +24,15 @@ from capacity_forecaster.models.backtest import (
     recent_folds,
     weighted_quantile,
 )
-from capacity_forecaster.models.base import QUANTILE_LEVELS, finalise_quantiles
+from capacity_forecaster.models.base import QUANTILE_LEVELS
+from capacity_forecaster.models.intervals import (
+    apply_weekly_scales,
+    ensemble_quantiles,
+    horizon_weeks,
+    interval_ratio,
+    scale_interval,
+    weekly_scales,
+)
 from capacity_forecaster.progress import track
 from capacity_forecaster.schema import METRICS, QUANTILES
 
@@ -311,36 +319,6 @@ def predict_forecaster(forecaster: dict[str, BaseForecaster], horizon: int) -> p
     return pd.concat(parts, ignore_index=True)[_FORECAST_COLUMNS]
 
 
-def _ensemble(frame: pd.DataFrame, members: list[str], keys: list[str]) -> pd.DataFrame:
-    """Median of the members' p10/p50/p90 (the mean for two) wherever every member forecast the same key.
-
-    The median of diverse members is robust: one member that breaks on a series does not carry it away.
-    """
-    rows = frame[frame["model"].isin(members)]
-    if not members or rows.empty:
-        return frame.iloc[0:0]
-    grouped = rows.groupby(keys, as_index=False, sort=False)
-    mean = grouped[list(QUANTILES)].median().merge(grouped.size(), on=keys)
-    mean = mean[mean["size"] == len(set(members))].drop(columns="size")
-    return finalise_quantiles(mean.assign(model="ensemble"))
-
-
-def _interval_ratio(frame: pd.DataFrame, actual: np.ndarray) -> np.ndarray:
-    """How much the p10-p50 / p50-p90 half-widths must be scaled for each actual to fall inside."""
-    below = actual < frame["p50"].to_numpy()
-    width = np.where(below, frame["p50"] - frame["p10"], frame["p90"] - frame["p50"])
-    gap = np.abs(actual - frame["p50"].to_numpy())
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(gap == 0, 0.0, gap / np.maximum(width, 1e-9))
-
-
-def _scale_interval(frame: pd.DataFrame, scale: np.ndarray) -> pd.DataFrame:
-    out = frame.copy()
-    out["p10"] = frame["p50"] - (frame["p50"] - frame["p10"]) * scale
-    out["p90"] = frame["p50"] + (frame["p90"] - frame["p50"]) * scale
-    return finalise_quantiles(out)
-
-
 def calibrate_intervals(  # noqa: PLR0913, PLR0917 (one argument per node input)
     model_input: pd.DataFrame,
     backtest_plan: dict[str, Any],
@@ -379,14 +357,12 @@ def calibrate_intervals(  # noqa: PLR0913, PLR0917 (one argument per node input)
     frames = [b for b in backtests if len(b)]
     columns = ["unique_id", "metric", "fold", "origin", "ds", "model", *QUANTILES, "y", "is_observed",
                "server_id", "archetype"]  # fmt: skip
+    scale_columns = ["model", "metric", "horizon_week", "scale", "raw_scale"]
     if not frames:
         logger.warning("No backtest forecasts (no model enabled or no fold): intervals are not calibrated")
-        return pd.DataFrame(columns=columns), pd.DataFrame(columns=["model", "metric", "scale", "raw_scale"])
-    backtest = pd.concat(frames, ignore_index=True)
+        return pd.DataFrame(columns=columns), pd.DataFrame(columns=scale_columns)
+    actuals = model_input[["unique_id", "ds", "y", "is_observed", "server_id", "archetype"]]
     keys = ["unique_id", "metric", "fold", "origin", "ds"]
-    backtest = pd.concat([backtest, _ensemble(backtest, ensemble_members, keys)], ignore_index=True).merge(
-        model_input[["unique_id", "ds", "y", "is_observed", "server_id", "archetype"]], on=["unique_id", "ds"]
-    )
     offsets = dict(enumerate(backtest_plan["origin_offsets_days"]))
     horizon = backtest_plan["horizon"]
 
@@ -395,29 +371,40 @@ def calibrate_intervals(  # noqa: PLR0913, PLR0917 (one argument per node input)
         evidence = independent_folds([offsets[f] for f in folds], horizon)
         return raw, guarded_scale(raw, evidence, interval_prior_folds, max_interval_scale)
 
-    scales, parts = [], []
-    for (model, metric), group in backtest.groupby(["model", "metric"], sort=True):
-        observed = group["is_observed"].to_numpy(bool)
-        if not calibrate or not observed.any():
-            scales.append({"model": model, "metric": metric, "scale": 1.0, "raw_scale": float("nan")})
-            parts.append(group)
-            continue
-        ratio = _interval_ratio(group, group["y"].to_numpy())
-        weight = 1.0 / group.groupby(["unique_id", "ds"])["fold"].transform("size").to_numpy()
-        fold_values = group["fold"].to_numpy()
-        folds = sorted(int(f) for f in np.unique(fold_values))
-        raw, scale = guard(ratio[observed], weight[observed], folds)
-        scales.append({"model": model, "metric": metric, "scale": scale, "raw_scale": raw})
-        fold_scale = np.ones(len(group))
-        for fold in folds:
-            others = [f for f in folds if f != fold and abs(offsets[f] - offsets[fold]) >= horizon]
-            others = others or [f for f in folds if f != fold]
-            rows = observed & np.isin(fold_values, others)
-            if rows.any():
-                fold_scale[fold_values == fold] = guard(ratio[rows], weight[rows], others)[1]
-        parts.append(_scale_interval(group, fold_scale))
-    scale_table = pd.DataFrame(scales)
-    logger.info("Interval scales per model and metric:\n%s", scale_table.round(3).to_string(index=False))
+    def calibrate_all(backtest: pd.DataFrame) -> tuple[list[pd.DataFrame], list[pd.DataFrame]]:
+        scales, parts = [], []
+        for (model, metric), group in backtest.groupby(["model", "metric"], sort=True):
+            observed = group["is_observed"].to_numpy(bool)
+            if not calibrate or not observed.any():
+                scales.append(pd.DataFrame([{"model": model, "metric": metric, "horizon_week": 0,
+                                             "scale": 1.0, "raw_scale": float("nan")}]))  # fmt: skip
+                parts.append(group)
+                continue
+            fold_values = group["fold"].to_numpy()
+            folds = sorted(int(f) for f in np.unique(fold_values))
+
+            def other_folds(fold: int, folds: list[int] = folds) -> list[int]:
+                others = [f for f in folds if f != fold and abs(offsets[f] - offsets[fold]) >= horizon]
+                return others or [f for f in folds if f != fold]
+
+            days_ahead = (pd.to_datetime(group["ds"]) - pd.to_datetime(group["origin"])).dt.days.to_numpy()
+            table, row_scale = weekly_scales(
+                interval_ratio(group, group["y"].to_numpy()),
+                1.0 / group.groupby(["unique_id", "ds"])["fold"].transform("size").to_numpy(),
+                observed, horizon_weeks(days_ahead), fold_values, other_folds, guard,
+            )  # fmt: skip
+            scales.append(table.assign(model=model, metric=metric))
+            parts.append(scale_interval(group, row_scale))
+        return scales, parts
+
+    scales, parts = calibrate_all(pd.concat(frames, ignore_index=True).merge(actuals, on=["unique_id", "ds"]))
+    ensemble = ensemble_quantiles(pd.concat(parts, ignore_index=True), ensemble_members, keys)
+    if len(ensemble):
+        more_scales, more_parts = calibrate_all(ensemble.merge(actuals, on=["unique_id", "ds"]))
+        scales, parts = scales + more_scales, parts + more_parts
+    scale_table = pd.concat(scales, ignore_index=True)[scale_columns]
+    logger.info("Interval scales per model, metric and horizon week:\n%s",
+                scale_table.round(3).to_string(index=False))  # fmt: skip
     return pd.concat(parts, ignore_index=True)[columns], scale_table
 
 
@@ -804,11 +791,17 @@ def assemble_forecasts(
     """
     frame = pd.concat([f for f in forecasts if len(f)] or [pd.DataFrame(columns=_FORECAST_COLUMNS)],
                       ignore_index=True)  # fmt: skip
-    ensemble = _ensemble(frame, ensemble_members, ["server_id", "metric", "date"])
-    frame = pd.concat([frame, ensemble[frame.columns]], ignore_index=True)
-    scale = frame.merge(interval_scales, on=["model", "metric"], how="left")["scale"].fillna(1.0).to_numpy()
-    frame = _scale_interval(frame, scale) if len(frame) else frame
     series = model_input.groupby("unique_id", sort=True)[["server_id", "metric", "history_days"]].first()
+    last_day = model_input.groupby(["server_id", "metric"], as_index=False)["ds"].max()
+
+    def calibrated(rows: pd.DataFrame) -> pd.DataFrame:
+        origin = rows[["server_id", "metric"]].merge(last_day, how="left")["ds"]
+        days_ahead = (pd.to_datetime(rows["date"]).reset_index(drop=True) - pd.to_datetime(origin)).dt.days
+        return apply_weekly_scales(rows, interval_scales, days_ahead.fillna(1).to_numpy(dtype=np.int64))
+
+    frame = calibrated(frame)
+    ensemble = ensemble_quantiles(frame, ensemble_members, ["server_id", "metric", "date"])
+    frame = pd.concat([frame, calibrated(ensemble[frame.columns])], ignore_index=True)
     covered = frame[["server_id", "metric"]].drop_duplicates().assign(_any=True)
     uncovered = series.reset_index().merge(covered, how="left", on=["server_id", "metric"])
     needs_fallback = pd.Index(uncovered.loc[uncovered["_any"].isna(), "unique_id"])

@@ -49,6 +49,7 @@ def score_forecast_risk(  # noqa: PLR0913, PLR0917 - one argument per parameter 
     breach_min_days: int,
     recent_window_days: int,
     recent_min_days: int,
+    exceedance_window_days: int,
     stale_after_days: int,
     horizon: int,
     near_term_days: int,
@@ -79,6 +80,8 @@ def score_forecast_risk(  # noqa: PLR0913, PLR0917 - one argument per parameter 
         breach_min_days: Days above a threshold that make a breach (1 = any day).
         recent_window_days: Recent-days rule: the last this many days up to the analysis date.
         recent_min_days: Recent-days rule: this many observed days above a threshold flag the series.
+        exceedance_window_days: Episodes above a threshold in this many last days give the history's breach
+            probability; the larger of it and the forecast's is the series' (0: the forecast's alone).
         stale_after_days: ``params:stale_after_days`` (``capacity_forecaster.freshness``).
         horizon: Days ahead that count (``params:horizon``).
         near_term_days: The short window of the ``*_near`` peaks (30); clipped to the horizon with a warning.
@@ -106,6 +109,10 @@ def score_forecast_risk(  # noqa: PLR0913, PLR0917 - one argument per parameter 
         raise ValueError(f"need horizon >= 1 and near_term_days >= 1, got {horizon} and {near_term_days}")
     if recent_window_days < 1 or recent_min_days < 1:
         raise ValueError("params:risk_analysis.recent_window_days and recent_min_days must be >= 1")
+    if exceedance_window_days < 0:
+        raise ValueError(
+            f"params:risk_analysis.exceedance_window_days must be >= 0, got {exceedance_window_days}"
+        )
     if near_term_days > horizon:
         logger.warning(
             "near_term_days=%d is longer than the horizon of %d days: the near-term peaks cover the horizon",
@@ -130,6 +137,7 @@ def score_forecast_risk(  # noqa: PLR0913, PLR0917 - one argument per parameter 
         breach_min_days=breach_min_days,
         recent_window_days=recent_window_days,
         recent_min_days=recent_min_days,
+        exceedance_window_days=exceedance_window_days,
         stale_after_days=stale_after_days,
         calendar={
             "country": country,
@@ -281,6 +289,7 @@ def backtest_risk_flags(  # noqa: PLR0913, PLR0917 - one argument per parameter 
     breach_min_days: int,
     recent_window_days: int,
     recent_min_days: int,
+    exceedance_window_days: int,
 ) -> dict[str, Any]:
     """Computes the register's flags at every past backtest origin and scores them on what then happened.
 
@@ -295,6 +304,7 @@ def backtest_risk_flags(  # noqa: PLR0913, PLR0917 - one argument per parameter 
         breach_min_days: As in ``score_forecast_risk``.
         recent_window_days: As in ``score_forecast_risk``.
         recent_min_days: As in ``score_forecast_risk``.
+        exceedance_window_days: As in ``score_forecast_risk``.
 
     Returns:
         ``risk_backtest``: precision, recall and lead time per threshold, and what each probability cut-off
@@ -309,6 +319,7 @@ def backtest_risk_flags(  # noqa: PLR0913, PLR0917 - one argument per parameter 
         breach_min_days=breach_min_days,
         recent_window_days=recent_window_days,
         recent_min_days=recent_min_days,
+        exceedance_window_days=exceedance_window_days,
     )
 
 

@@ -26,6 +26,7 @@ _FLAG_PARAMS = {
     "breach_min_days": f"{_P}breach_min_days",
     "recent_window_days": f"{_P}recent_window_days",
     "recent_min_days": f"{_P}recent_min_days",
+    "exceedance_window_days": f"{_P}exceedance_window_days",
 }
 """The inputs of the flag rule, shared by today's register and the risk backtest at past origins."""
 
