@@ -12,9 +12,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /tmp/deps
 COPY pyproject.toml constraints.txt ./
-# The [project] dependencies of pyproject.toml (not the project itself), at the versions constraints.txt pins.
+# The [project] dependencies of pyproject.toml and its [cloud] extra (jobs read and write S3), not the project
+# itself, at the versions constraints.txt pins.
 RUN python -c "import tomllib; \
-        deps = tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']; \
+        project = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
+        deps = project['dependencies'] + project['optional-dependencies']['cloud']; \
         print('\n'.join(deps))" > requirements.txt \
     && pip install -c constraints.txt -r requirements.txt \
     && rm -rf /tmp/deps

@@ -45,7 +45,19 @@ from capacity_forecaster.schema import METRICS
 
 PROJECT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "true"}
-CALENDAR = {"country": "US", "month_end_business_days": 2, "quarter_end_business_days": 5}
+
+
+def project_parameters() -> dict:
+    """The parameters a ``kedro run`` reads (conf/base, with conf/local over it), by the project's loader."""
+    from kedro.config import OmegaConfigLoader  # noqa: PLC0415
+
+    from capacity_forecaster import settings  # noqa: PLC0415
+
+    return OmegaConfigLoader(conf_source=str(PROJECT / "conf"), **settings.CONFIG_LOADER_ARGS)["parameters"]
+
+
+PARAMS = project_parameters()
+CALENDAR = PARAMS["calendar"]  # country, month_end_business_days, quarter_end_business_days
 Z90 = 1.2816  # standard normal 90 % quantile
 
 
@@ -377,27 +389,31 @@ def run_speed(n_servers: int, history_days: int, data_root: Path) -> None:
         timings[name] = (time.perf_counter() - start, time.process_time() - cpu)
         return out
 
-    flags = {
-        "high_threshold": 80.0,
-        "very_high_threshold": 90.0,
-        "high_probability_cutoff": 0.5,
-        "very_high_probability_cutoff": 0.5,
-        "breach_min_days": 1,
-        "recent_window_days": 14,
-        "recent_min_days": 2,
-    }
+    risk_params = PARAMS["risk_analysis"]  # conf/base/parameters_risk_analysis.yml
+    flag_keys = (
+        "high_threshold",
+        "very_high_threshold",
+        "high_probability_cutoff",
+        "very_high_probability_cutoff",
+        "breach_min_days",
+        "recent_window_days",
+        "recent_min_days",
+    )
+    flags = {key: risk_params[key] for key in flag_keys}
     score = {
-        "forecast_model": "selected",
-        "basis": "p90",
-        "underutilized_threshold": 40.0,
+        **{key: risk_params[key] for key in ("forecast_model", "basis", "underutilized_threshold")},
         **flags,
-        "stale_after_days": 7,
-        "horizon": 90,
-        "near_term_days": 30,
+        "stale_after_days": PARAMS["stale_after_days"],
+        "horizon": PARAMS["horizon"],
+        "near_term_days": risk_params["near_term_days"],
         **CALENDAR,
     }
     dependence = timed(
-        "estimate_error_dependence", nodes.estimate_error_dependence, fleet["backtest_forecasts"], 0.8, 50
+        "estimate_error_dependence",
+        nodes.estimate_error_dependence,
+        fleet["backtest_forecasts"],
+        risk_params["fallback_correlation"],
+        risk_params["dependence_min_pairs"],
     )
     risk = timed(
         "score_forecast_risk",
@@ -411,22 +427,29 @@ def run_speed(n_servers: int, history_days: int, data_root: Path) -> None:
         "profile_utilisation",
         nodes.profile_utilisation,
         fleet["clean_server_metrics"],
-        365,
-        7,
-        180,
+        risk_params["profile_days"],
+        risk_params["current_window_days"],
+        risk_params["trend_window_days"],
         **CALENDAR,
     )
     clusters, report = timed(
-        "cluster_servers", nodes.cluster_servers, profiles, fleet["server_inventory"], 2, 8, 3000, 0
+        "cluster_servers",
+        nodes.cluster_servers,
+        profiles,
+        fleet["server_inventory"],
+        risk_params["cluster_k_min"],
+        risk_params["cluster_k_max"],
+        risk_params["cluster_sample_size"],
+        risk_params["random_seed"],
     )
     plan, savings = timed(
         "plan_consolidation",
         nodes.plan_consolidation,
         risk,
         fleet["server_inventory"],
-        75.0,
-        730.0,
-        "datacenter",
+        risk_params["consolidation_ceiling"],
+        risk_params["hours_per_month"],
+        risk_params["consolidation_group_column"],
     )
     register = timed(
         "build_risk_register",
@@ -437,7 +460,7 @@ def run_speed(n_servers: int, history_days: int, data_root: Path) -> None:
         fleet["server_inventory"],
         pd.DataFrame(columns=list(RECOMMENDATION_COLUMNS)),
     )
-    timed("summarise_risk", nodes.summarise_risk, register, report, savings, 20)
+    timed("summarise_risk", nodes.summarise_risk, register, report, savings, risk_params["top_servers"])
     backtest = timed(
         "backtest_risk_flags",
         nodes.backtest_risk_flags,

@@ -27,6 +27,7 @@ from capacity_forecaster.cloud.signals import EXIT_CODE
 from tests.cloud.conftest import object_keys
 from tests.cloud.fault_proxy import FaultProxy, complete_upload, object_read, upload_part
 from tests.conftest import PROJECT_PATH
+from tests.helpers import run_kedro
 
 FEW_RETRIES = {"retries": {"mode": "standard", "total_max_attempts": 2}}
 """The catalog retries 8 times with backoff (~35 s against a server that always fails); 2 attempts suffice
@@ -342,18 +343,6 @@ def test_documented_lifecycle_rule_is_a_valid_bucket_configuration(bucket):
     assert f"file://docs/s3/{rule_file.name}" in (PROJECT_PATH / "README.md").read_text()
 
 
-def _kedro(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "kedro", *args],
-        cwd=PROJECT_PATH,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-        env={**env, "COLUMNS": "200", "PYTHONPATH": str(PROJECT_PATH / "src")},
-    )
-
-
 @pytest.mark.parametrize(
     "command",
     [("run", "--env", "cloud", "--pipelines", "etl"), ("cloud", "check")],
@@ -361,7 +350,7 @@ def _kedro(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
 )
 def test_cf_bucket_unset_is_one_error_line_without_a_traceback(command):
     env = {k: v for k, v in os.environ.items() if k != "CF_BUCKET"}
-    done = _kedro(*command, env=env)
+    done = run_kedro(*command, env=env)
     assert done.returncode == 1
     assert done.stderr.rstrip().endswith(
         "Error: CF_BUCKET is not set: the cloud environment needs `export CF_BUCKET=<bucket name>`."

@@ -25,10 +25,12 @@ def _wheel(tmp_path, requires_python: str, requires: list[str]):
 
 
 def test_only_unsatisfied_requirements_are_installed():
+    """The core and the [cloud] extra (a job reads S3), not the test extra; markers dropped for pip."""
     missing = entrypoint._missing_requirements(
-        ["kedro>=1.7", "pandas>=999", "surely-not-installed-cf>=1", "pytest>=1; extra == 'test'"]
-    )
-    assert missing == ["pandas>=999", "surely-not-installed-cf>=1"]
+        ["kedro>=1.7", "pandas>=999", "surely-not-installed-cf>=1", "pytest>=1; extra == 'test'",
+         "boto3>=1; extra == 'cloud'", "surely-not-installed-cloud-cf>=1; extra == 'cloud'"]
+    )  # fmt: skip
+    assert missing == ["pandas>=999", "surely-not-installed-cf>=1", "surely-not-installed-cloud-cf>=1"]
 
 
 def test_an_image_with_too_old_a_python_stops_with_a_clear_message(tmp_path, capsys):

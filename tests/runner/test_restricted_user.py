@@ -10,8 +10,6 @@ to "*" here (S3 statements keep their real resources). moto ignores Conditions.
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import boto3
@@ -25,6 +23,7 @@ from kedro.framework.startup import bootstrap_project
 from capacity_forecaster.cloud.iam import POLICY_DIR, placeholder_values, render_policy
 from capacity_forecaster.cloud.settings import CloudSettings
 from tests.conftest import PROJECT_PATH
+from tests.helpers import run_kedro
 from tests.pipelines.risk_analysis.test_pipeline import _write_inputs
 
 pytestmark = pytest.mark.slow
@@ -43,18 +42,6 @@ def _for_moto(policy: dict) -> dict:
         else:
             statements.append({**statement, "Resource": "*"})
     return {**policy, "Statement": statements}
-
-
-def _kedro(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "kedro", *args],
-        cwd=PROJECT_PATH,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-        env={**os.environ, "COLUMNS": "200", **env},
-    )
 
 
 @pytest.fixture
@@ -112,18 +99,18 @@ def test_push_and_a_cloud_run_need_nothing_beyond_the_documented_policies(
     with pytest.raises(ClientError, match="AccessDenied"):
         user.client("s3").put_object(Bucket=BUCKET, Key="elsewhere/x.txt", Body=b"x")
 
-    pushed = _kedro(
+    pushed = run_kedro(
         "cloud",
         "push",
         str(tmp_path / "01_raw" / "server_inventory.csv"),
         "--dataset",
         "server_inventory",
-        env=restricted_user,
+        env={**os.environ, **restricted_user},
     )
     assert pushed.returncode == 0, pushed.stdout[-3000:] + pushed.stderr[-3000:]
     assert f"-> s3://{BUCKET}/raw/server_inventory.csv" in pushed.stdout
 
-    run = _kedro(
+    run = run_kedro(
         "run",
         "--env",
         "cloud",
@@ -133,7 +120,7 @@ def test_push_and_a_cloud_run_need_nothing_beyond_the_documented_policies(
         "run_id=iam",
         "--runner-params",
         f"backend=local,wheel={project_wheel}",
-        env=restricted_user,
+        env={**os.environ, **restricted_user},
     )
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
     keys = {o["Key"] for o in user.client("s3").list_objects_v2(Bucket=BUCKET)["Contents"]}

@@ -48,6 +48,12 @@ def _context(metadata: Any, env: str) -> tuple[CloudSettings, dict[str, str], An
 @click.group(name="cloud")
 def cloud() -> None:
     """The cloud environment's S3 bucket (bucket, prefix and region: conf/cloud/globals.yml)."""
+    from capacity_forecaster.extras import MissingExtraError, require  # noqa: PLC0415
+
+    try:
+        require("cloud")
+    except MissingExtraError as exc:
+        raise click.ClickException(str(exc)) from exc
 
 
 _ENV = click.option("--env", "-e", default="cloud", show_default=True, help="Kedro environment on S3.")

@@ -387,11 +387,27 @@ def get_metric_data(  # noqa: PLR0917 - one argument per request setting
     ], requests
 
 
+def _share_of_baseline(
+    bytes_per_sample: pd.Series,
+    sample_s: float,
+    baseline_bytes_per_s: float | None,
+    no_baseline: str,
+    no_data: str,
+) -> tuple[pd.Series, str | None]:
+    """Bytes moved per CloudWatch sample as % of a documented baseline rate (and ``None``), or an empty series
+    and why (``no_baseline`` when the instance type documents none, ``no_data`` without data points)."""
+    empty = pd.Series(dtype="float64", index=pd.DatetimeIndex([]))
+    if baseline_bytes_per_s is None:
+        return empty, no_baseline
+    if bytes_per_sample.dropna().empty:
+        return empty, no_data
+    return bytes_per_sample / sample_s / baseline_bytes_per_s * 100.0, None
+
+
 def _rates(
     instance: Instance, kind: InstanceType | None, data: dict[str, pd.Series]
 ) -> tuple[dict[str, pd.Series], dict[str, str]]:
     """The four contract metrics of one instance (%), and the reason for each one left empty."""
-    empty = pd.Series(dtype="float64", index=pd.DatetimeIndex([]))
     sample_s = _DETAILED_SAMPLE_S if instance.detailed_monitoring else _BASIC_SAMPLE_S
     out: dict[str, pd.Series] = {"cpu_p95": data["cpu"]}
     missing: dict[str, str] = {}
@@ -404,25 +420,23 @@ def _rates(
             "(install it with the mem_used_percent measurement)"
         )
     ebs = kind.ebs_baseline_mbytes_per_s if kind else None
-    disk = data["disk_read"].add(data["disk_write"])  # NaN unless both were published at that time
-    if ebs is None:
-        out["disk_io_p95"] = empty
-        missing["disk_io_p95"] = f"{instance.instance_type}: no documented EBS baseline throughput"
-    elif disk.dropna().empty:
-        out["disk_io_p95"] = empty
-        missing["disk_io_p95"] = "no AWS/EC2 EBSReadBytes/EBSWriteBytes data points (not a Nitro instance?)"
-    else:
-        out["disk_io_p95"] = disk / sample_s / (ebs * 1e6) * 100.0
+    out["disk_io_p95"], disk_reason = _share_of_baseline(
+        data["disk_read"].add(data["disk_write"]),  # NaN unless both were published at that time
+        sample_s,
+        None if ebs is None else ebs * 1e6,
+        no_baseline=f"{instance.instance_type}: no documented EBS baseline throughput",
+        no_data="no AWS/EC2 EBSReadBytes/EBSWriteBytes data points (not a Nitro instance?)",
+    )
     network = kind.network_baseline_gbps if kind else None
-    traffic = pd.concat([data["network_in"], data["network_out"]], axis=1).max(axis=1, skipna=False)
-    if network is None:
-        out["network_p95"] = empty
-        missing["network_p95"] = f"{instance.instance_type}: no documented network baseline bandwidth"
-    elif traffic.dropna().empty:
-        out["network_p95"] = empty
-        missing["network_p95"] = "no AWS/EC2 NetworkIn/NetworkOut data points in the window"
-    else:
-        out["network_p95"] = traffic * 8 / sample_s / (network * 1e9) * 100.0
+    out["network_p95"], network_reason = _share_of_baseline(
+        pd.concat([data["network_in"], data["network_out"]], axis=1).max(axis=1, skipna=False),
+        sample_s,
+        None if network is None else network * 1e9 / 8,
+        no_baseline=f"{instance.instance_type}: no documented network baseline bandwidth",
+        no_data="no AWS/EC2 NetworkIn/NetworkOut data points in the window",
+    )
+    reasons = {"disk_io_p95": disk_reason, "network_p95": network_reason}
+    missing |= {metric: reason for metric, reason in reasons.items() if reason}
     return out, missing
 
 

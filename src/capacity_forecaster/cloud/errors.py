@@ -100,7 +100,8 @@ class S3Problem:
         return replace(self, action=action)
 
 
-def _chain(exc: BaseException) -> list[BaseException]:
+def error_chain(exc: BaseException) -> list[BaseException]:
+    """``exc`` and the errors it was raised from or during (``__cause__``, else ``__context__``), in order."""
     seen: list[BaseException] = []
     while exc is not None and exc not in seen:
         seen.append(exc)
@@ -123,7 +124,7 @@ def classify(exc: BaseException) -> S3Problem | None:  # noqa: PLR0911
         ConnectionError as BotoConnectionError,
     )
 
-    chain = _chain(exc)
+    chain = error_chain(exc)
     for err in chain:
         if isinstance(err, ClientError):
             problem = _client_problem(err)
@@ -173,7 +174,7 @@ def _client_problem(err: Any) -> S3Problem | None:
 
 def classify_unreadable(exc: BaseException) -> S3Problem:
     """The object was fetched but could not be parsed: the deepest error in the chain is the reason."""
-    chain = _chain(exc)
+    chain = error_chain(exc)
     innermost = chain[-1]
     return S3Problem(UNREADABLE, f"{type(innermost).__name__}: {innermost}")
 
@@ -189,7 +190,7 @@ def user_error(exc: BaseException) -> BaseException | None:
     :class:`CloudStorageError`, :class:`CloudDatasetError`): each names what failed, where, why and what to
     do, so a command line shows the message alone, without a traceback.
     """
-    for err in _chain(exc):
+    for err in error_chain(exc):
         if isinstance(err, CloudConfigError | CloudStorageError | CloudDatasetError):
             return err
     return None

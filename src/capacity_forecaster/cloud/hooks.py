@@ -257,12 +257,15 @@ class S3DatasetHooks:
             dataset = _get(catalog, name)
             if dataset is not None:
                 guard_dataset(name, dataset)
+        buckets = _buckets(catalog, names)
+        if not buckets:
+            return
         if os.environ.get(ENV_SKIP_BUCKET_CHECK, "").lower() in ("1", "true", "yes"):
             logger.info("%s is set: S3 buckets are not checked before the run", ENV_SKIP_BUCKET_CHECK)
             return
         from .s3 import check_bucket, make_check_client  # noqa: PLC0415 - boto3 only when S3 is used
 
-        for bucket, (prefix, options) in _buckets(catalog, names).items():
+        for bucket, (prefix, options) in buckets.items():
             client = make_check_client(options["region"], options["config"])
             region = check_bucket(client, bucket, options["region"], prefix=prefix)
             logger.info(

@@ -54,20 +54,27 @@ def _wheel_metadata(wheel: Path):
         return Parser().parsestr(zf.read(name).decode())
 
 
+_JOB_EXTRAS = ("", "cloud")
+"""A job needs the core requirements and the [cloud] extra (it reads and writes S3)."""
+
+
 def _missing_requirements(requires: list[str]) -> list[str]:
+    """The job's requirements (``Requires-Dist`` lines) that are not installed at a fitting version, without
+    their markers (so pip installs an extra's requirement too)."""
     Requirement, _ = _packaging()
     missing = []
     for line in requires:
         req = Requirement(line)
-        if req.marker is not None and not req.marker.evaluate({"extra": ""}):
+        if req.marker is not None and not any(req.marker.evaluate({"extra": e}) for e in _JOB_EXTRAS):
             continue
+        req.marker = None
         try:
             installed = metadata.version(req.name)
         except metadata.PackageNotFoundError:
-            missing.append(line)
+            missing.append(str(req))
             continue
         if not req.specifier.contains(installed, prereleases=True):
-            missing.append(line)
+            missing.append(str(req))
     return missing
 
 

@@ -347,7 +347,7 @@ def _stubbed_factory(monkeypatch, clients, script, sleep=lambda s: None):
     script(stub)
     stub.activate()
     monkeypatch.setattr(
-        nodes.AutopilotClient, "create", classmethod(lambda cls, region="": cls(sm, s3, sleep=sleep))
+        AutopilotClient, "create", classmethod(lambda cls, region="": cls(sm, s3, sleep=sleep))
     )
     return stub
 

@@ -12,13 +12,6 @@ import math
 import numpy as np
 import pandas as pd
 
-from capacity_forecaster.canvas.client import (
-    AutopilotClient,
-    CanvasUnavailableError,
-    CostRates,
-    PollSettings,
-    sigterm_as_interrupt,
-)
 from capacity_forecaster.canvas.ensemble import common_folds, ensemble_forecasts, ensemble_weights
 from capacity_forecaster.canvas.metrics import score_forecasts, seasonal_naive_scale
 from capacity_forecaster.canvas.output import FORECAST_COLUMNS, make_item_id, split_item_id
@@ -67,8 +60,9 @@ def export_canvas_training_data(server_features: pd.DataFrame, regressors: list[
     return training
 
 
-def _check_horizon(forecasts: pd.DataFrame, training: pd.DataFrame, horizon: int) -> None:
-    """Checks that every training item has ``horizon`` daily rows starting the day after its last day."""
+def _horizon_problem(forecasts: pd.DataFrame, training: pd.DataFrame, horizon: int) -> str | None:
+    """What is wrong when not every training item has ``horizon`` daily rows from the day after its last day
+    (``None`` when all have)."""
     keys = split_item_id(training[ITEM_ID].drop_duplicates())
     last = pd.to_datetime(training.groupby(ITEM_ID)[TIMESTAMP].max())
     expected = keys.assign(last=last.reindex(training[ITEM_ID].drop_duplicates()).to_numpy())
@@ -76,10 +70,8 @@ def _check_horizon(forecasts: pd.DataFrame, training: pd.DataFrame, horizon: int
     check = expected.merge(got, on=KEYS, how="left")
     bad = check[(check["count"] != horizon) | (check["min"] != check["last"] + pd.Timedelta(days=1))]
     if len(bad):
-        raise CanvasUnavailableError(
-            "bad_output",
-            f"{len(bad)} of {len(check)} items lack a {horizon}-day forecast from their next day",
-        )
+        return f"{len(bad)} of {len(check)} items lack a {horizon}-day forecast from their next day"
+    return None
 
 
 def forecast_with_autopilot(  # noqa: PLR0917 (one argument per parameter leaf)
@@ -147,6 +139,15 @@ def forecast_with_autopilot(  # noqa: PLR0917 (one argument per parameter leaf)
         return empty, _fallback("disabled", "params canvas.enabled is false (the default for local runs)")
     if not role_arn:
         return empty, _fallback("no_role", "params canvas.role_arn is empty (set CF_SAGEMAKER_ROLE_ARN)")
+    # boto3 (the [cloud] extra) only when AWS is on; without it the run stops with the install command.
+    from capacity_forecaster.canvas.client import (  # noqa: PLC0415
+        AutopilotClient,
+        CanvasUnavailableError,
+        CostRates,
+        PollSettings,
+        sigterm_as_interrupt,
+    )
+
     settings = AutopilotSettings(
         role_arn=role_arn,
         s3_prefix=s3_prefix,
@@ -181,7 +182,9 @@ def forecast_with_autopilot(  # noqa: PLR0917 (one argument per parameter leaf)
                 transform_poll,
                 rates=CostRates(training_usd_per_hour, transform_usd_per_hour),
             )
-        _check_horizon(forecasts, canvas_training_data, horizon)
+        problem = _horizon_problem(forecasts, canvas_training_data, horizon)
+        if problem:
+            raise CanvasUnavailableError("bad_output", problem)
     except CanvasUnavailableError as error:
         return empty, _fallback(error.reason, error.detail, {**record, **error.record})
     except ValueError as error:  # settings that cannot make a request (bad prefix or URI)
