@@ -257,10 +257,13 @@ def backtest_risk_flags(  # noqa: PLR0913, PLR0914, PLR0917 - one argument per p
         "thresholds": {},
     }
     recent = {"80": np.zeros(len(cases), dtype=np.int64), "90": np.zeros(len(cases), dtype=np.int64)}
+    # every origin's window lies after this day: one pass cuts years of history to those weeks
+    first_day = int(cases["_origin_day"].min()) - recent_window_days + 1 if len(cases) else 0
+    history = clean_server_metrics.loc[day_numbers(clean_server_metrics["date"]) >= first_day]
     for origin_day in np.unique(cases["_origin_day"]):
         at = np.flatnonzero(cases["_origin_day"].to_numpy() == origin_day)
         counts = count_recent_days(
-            clean_server_metrics,
+            history,
             cases.iloc[at].reset_index(drop=True),
             int(origin_day),
             recent_window_days,
