@@ -46,6 +46,7 @@ import time
 from pathlib import Path
 
 PROJECT = Path(__file__).resolve().parents[1]
+KEDRO = (sys.executable, "-m", "kedro")  # this interpreter's kedro, whatever is first on PATH
 STAGES = ("data_generation", "etl", "modelling", "risk_analysis", "canvas", "reporting")
 REFERENCE_SERVERS = 120
 TARGETS = {10_000: (15 * 60, 8.0), 1_000: (6 * 60, None)}  # servers: (wall s, peak GB)
@@ -142,7 +143,7 @@ def run_stage(stage: str, servers: int, data_root: Path, work_dir: Path, params:
     """One ``kedro run --pipelines stage`` child: wall s, peak RSS GB (os.wait4), per-node s, exit code."""
     log_path = work_dir / f"n{servers}-{stage}.log"
     all_params = ",".join(p for p in (f"data_generation.n_servers={servers}", params) if p)
-    command = ["kedro", "run", "--pipelines", stage, "--params", all_params]
+    command = [*KEDRO, "run", "--pipelines", stage, "--params", all_params]
     start = time.perf_counter()
     with log_path.open("w") as log:
         child = subprocess.Popen(
@@ -277,7 +278,8 @@ def dry_run_jobs(shards: int, servers: int, instance_type: str, params: str, wor
         env.pop("AWS_PROFILE", None)
         run_params = [f"modelling.shards={shards}", f"data_generation.n_servers={servers}", params]
         command = [
-            *("kedro", "run", "--env", "cloud"),
+            *KEDRO,
+            *("run", "--env", "cloud"),
             *("--runner-params", f"dry_run=true,instance_type={instance_type}"),
             *("--params", ",".join(p for p in run_params if p)),
         ]
