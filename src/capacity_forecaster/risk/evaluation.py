@@ -129,15 +129,16 @@ def evaluate_against_truth(risk_register: pd.DataFrame, server_truth: pd.DataFra
 
 def _case_grids(backtest: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
     """One row per (server, metric, origin) case and one column per fold day h: quantiles and actuals."""
-    origin_day = day_numbers(backtest["origin"])
     case = backtest.groupby(["server_id", "metric", "origin"], sort=True, observed=True).ngroup().to_numpy()
+    # each case's first row carries its keys: no copy of the (possibly tens of millions of rows) backtest
+    first_rows = np.unique(case, return_index=True)[1]
     cases = (
-        backtest.assign(_case=case, _origin_day=origin_day)
-        .groupby("_case", sort=True)[["server_id", "metric", "origin", "_origin_day"]]
-        .first()
+        backtest[["server_id", "metric", "origin"]]
+        .iloc[first_rows]
         .reset_index(drop=True)
         .astype({"server_id": "str", "metric": "str"})
     )
+    cases["_origin_day"] = day_numbers(cases["origin"])
     h = backtest["h"].to_numpy(dtype=np.int64)
     if (h < 1).any():
         raise ValueError("backtest_forecasts has h < 1: h counts fold days from 1 (the day after origin)")
