@@ -10,7 +10,8 @@ Usage (from the project root; everything is written under --work-dir, never data
 
 (a) End to end on this machine. For each fleet size (and the 120-server reference, for accuracy) every
 pipeline runs as its own ``kedro run --pipelines X --params data_generation.n_servers=N`` subprocess on a
-data root of its own (``CF_DATA_ROOT``). Per stage: wall time and peak RSS of the child (``os.wait4``); per
+data root of its own (``CF_DATA_ROOT``). Per stage: wall time and peak RSS of the child (``os.wait4``: the
+largest single process, the kedro run or a worker it spawned; parallel workers' sum is not measured); per
 node: wall time from the run's log (a plain log format with milliseconds, ``KEDRO_LOGGING_CONFIG``). Then the
 selected forecasts' backtest MASE (``model_leaderboard``, model ``selected``) beside the 120-server run's, and
 the issue's targets (10,000 servers < 15 min and < 8 GB, 1,000 servers < 6 min, MASE within 3 %).
