@@ -62,7 +62,7 @@ def ensemble_weights(
         scores = pd.DataFrame(columns=[*KEYS, "model", "score"])
     scored = candidates.merge(scores, on=KEYS + ["model"], how="left")
     scored["score"] = scored["score"].astype(float)
-    has_score = scored.groupby(KEYS)["score"].transform(lambda s: s.notna().any()).astype(bool)
+    has_score = scored["score"].notna().groupby([scored[k] for k in KEYS]).transform("any").astype(bool)
     scored = scored[~has_score | scored["score"].notna()].assign(has_score=has_score)
     if top_k:  # series without any score keep all their models (equal weights)
         rank = scored.groupby(KEYS)["score"].rank(method="first")

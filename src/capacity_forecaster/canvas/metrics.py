@@ -16,9 +16,32 @@ def seasonal_naive_scale(history: pd.DataFrame, season: int = 7) -> pd.DataFrame
     Returns:
         Frame ``server_id``, ``metric``, ``scale`` (NaN where a series is too short or constant).
     """
-    ordered = history.sort_values([*KEYS, "date"], kind="stable")
-    diff = ordered.groupby(KEYS)["value"].diff(season).abs()
-    scale = diff.groupby([ordered[k] for k in KEYS]).mean().rename("scale").reset_index()
+    # Integer codes and one lexsort instead of a sort and groupby on string keys: tens of millions of rows
+    # (10,000 servers x 4 metrics x 4 years) take seconds.
+    server_codes, servers = pd.factorize(history["server_id"], sort=True)
+    metric_codes, metrics = pd.factorize(history["metric"], sort=True)
+    width = max(len(metrics), 1)
+    keyed = (server_codes >= 0) & (metric_codes >= 0)  # rows without a key belong to no series
+    series = (server_codes.astype(np.int64) * width + metric_codes)[keyed]
+    dates = pd.to_datetime(history["date"]).to_numpy()[keyed]
+    order = np.lexsort((dates, series))
+    series, values = series[order], history["value"].to_numpy(dtype=float)[keyed][order]
+    later = series[season:]
+    diff = np.abs(values[season:] - values[: len(later)])
+    usable = (later == series[: len(later)]) & ~np.isnan(diff)
+    present = np.unique(series)
+    size = int(series.max(initial=-1)) + 1
+    sums = np.bincount(later[usable], weights=diff[usable], minlength=size)
+    counts = np.bincount(later[usable], minlength=size)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = sums[present] / counts[present]
+    scale = pd.DataFrame(
+        {
+            "server_id": np.asarray(servers, dtype=object)[present // width],
+            "metric": np.asarray(metrics, dtype=object)[present % width],
+            "scale": mean,
+        }
+    )
     scale.loc[~(scale["scale"] > 1e-9), "scale"] = np.nan  # constant series: MASE undefined
     return scale
 

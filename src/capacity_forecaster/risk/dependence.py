@@ -71,19 +71,35 @@ def estimate_dependence(
     by_metric: dict[str, dict[str, Any]] = {}
     backtest_forecasts, _ = usable_backtest(backtest_forecasts)
     if not backtest_forecasts.empty:
-        frame = backtest_forecasts.sort_values(["server_id", "metric", "origin", "h"], kind="stable")
+        # sorted codes give the order of a stable sort by (server_id, metric, origin, h) without sorting
+        # millions of strings; consecutive rows of one fold are then compared as integers
+        codes = {
+            column: pd.factorize(backtest_forecasts[column], sort=True)[0]
+            for column in ("server_id", "origin")
+        }
+        metric_codes, metric_names = pd.factorize(backtest_forecasts["metric"].astype("str"), sort=True)
+        h = backtest_forecasts["h"].to_numpy()
+        order = np.lexsort((h, codes["origin"], metric_codes, codes["server_id"]))
+        frame = backtest_forecasts[["actual", "p10", "p50", "p90"]].iloc[order]
+        server, metric_code, origin, h = (
+            codes["server_id"][order],
+            metric_codes[order],
+            codes["origin"][order],
+            h[order],
+        )
         error = standardised_errors(frame)
         same_fold = (
-            (frame["server_id"].to_numpy()[1:] == frame["server_id"].to_numpy()[:-1])
-            & (frame["metric"].to_numpy()[1:] == frame["metric"].to_numpy()[:-1])
-            & (frame["origin"].to_numpy()[1:] == frame["origin"].to_numpy()[:-1])
-            & (np.diff(frame["h"].to_numpy()) == 1)
+            (server[1:] == server[:-1])
+            & (metric_code[1:] == metric_code[:-1])
+            & (origin[1:] == origin[:-1])
+            & (np.diff(h) == 1)
         )
         pair = same_fold & ~np.isnan(error[1:]) & ~np.isnan(error[:-1])
-        metrics = frame["metric"].astype("str").to_numpy()[1:][pair]
+        pair_metrics = metric_code[1:][pair]
         today, tomorrow = error[:-1][pair], error[1:][pair]
-        for metric in sorted(set(metrics)):
-            mask = metrics == metric
+        for code in np.unique(pair_metrics):
+            metric = str(metric_names[code])
+            mask = pair_metrics == code
             a, b = today[mask], tomorrow[mask]
             denominator = np.sqrt((a * a).sum() * (b * b).sum())
             if mask.sum() >= min_pairs and denominator > 0:

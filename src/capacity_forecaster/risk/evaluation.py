@@ -129,15 +129,16 @@ def evaluate_against_truth(risk_register: pd.DataFrame, server_truth: pd.DataFra
 
 def _case_grids(backtest: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
     """One row per (server, metric, origin) case and one column per fold day h: quantiles and actuals."""
-    origin_day = day_numbers(backtest["origin"])
     case = backtest.groupby(["server_id", "metric", "origin"], sort=True, observed=True).ngroup().to_numpy()
+    # each case's first row carries its keys: no copy of the (possibly tens of millions of rows) backtest
+    first_rows = np.unique(case, return_index=True)[1]
     cases = (
-        backtest.assign(_case=case, _origin_day=origin_day)
-        .groupby("_case", sort=True)[["server_id", "metric", "origin", "_origin_day"]]
-        .first()
+        backtest[["server_id", "metric", "origin"]]
+        .iloc[first_rows]
         .reset_index(drop=True)
         .astype({"server_id": "str", "metric": "str"})
     )
+    cases["_origin_day"] = day_numbers(cases["origin"])
     h = backtest["h"].to_numpy(dtype=np.int64)
     if (h < 1).any():
         raise ValueError("backtest_forecasts has h < 1: h counts fold days from 1 (the day after origin)")
@@ -263,12 +264,16 @@ def backtest_risk_flags(  # noqa: PLR0913, PLR0914, PLR0917 - one argument per p
     recent = {label: np.zeros(len(cases), dtype=np.int64) for label in levels}
     episodes = {label: np.zeros(len(cases), dtype=np.int64) for label in levels}
     observed = np.zeros(len(cases), dtype=np.int64)
+    # every origin's windows lie after this day: one pass cuts years of history to those weeks
+    window_days = max(recent_window_days, exceedance_window_days)
+    first_day = int(cases["_origin_day"].min()) - window_days + 1 if len(cases) else 0
+    recent_history = clean_server_metrics.loc[day_numbers(clean_server_metrics["date"]) >= first_day]
     for origin_day in np.unique(cases["_origin_day"]):
         at = np.flatnonzero(cases["_origin_day"].to_numpy() == origin_day)
         keys = cases.iloc[at].reset_index(drop=True)
-        counts = count_recent_days(clean_server_metrics, keys, int(origin_day), recent_window_days, levels)
+        counts = count_recent_days(recent_history, keys, int(origin_day), recent_window_days, levels)
         runs, observed[at] = count_recent_episodes(
-            clean_server_metrics, keys, int(origin_day), exceedance_window_days, levels, breach_min_days
+            recent_history, keys, int(origin_day), exceedance_window_days, levels, breach_min_days
         )
         for label in levels:
             recent[label][at], episodes[label][at] = counts[label], runs[label]

@@ -65,11 +65,58 @@ def peak_forecasts(
     return peaks.reindex(columns=list(metrics)).rename_axis(columns=None)
 
 
-def _cheapest_fit(candidates: pd.DataFrame, vcpus: float, memory_gb: float) -> pd.Series | None:
-    fit = candidates[(candidates["vcpus"] >= vcpus) & (candidates["memory_gb"] >= memory_gb)]
-    if fit.empty:
-        return None
-    return fit.sort_values(["hourly_cost_usd", "vcpus", "memory_gb", "instance_type"]).iloc[0]
+_FIT_ORDER = ["hourly_cost_usd", "vcpus", "memory_gb", "instance_type"]
+
+
+class _Candidates:
+    """Instance types of one price-table slice, cheapest first, for a quick "cheapest that fits" lookup."""
+
+    def __init__(self, table: pd.DataFrame) -> None:
+        ordered = table.sort_values(_FIT_ORDER)
+        self.types = ordered["instance_type"].to_numpy(dtype=object)
+        self.costs = ordered["hourly_cost_usd"].to_numpy(dtype=float)
+        self.vcpus = ordered["vcpus"].to_numpy(dtype=float)
+        self.memory_gb = ordered["memory_gb"].to_numpy(dtype=float)
+
+    def cheapest_fit(self, vcpus: float, memory_gb: float) -> tuple[str, float] | None:
+        """Type and hourly cost of the cheapest type with at least ``vcpus`` and ``memory_gb``, else None."""
+        fits = (self.vcpus >= vcpus) & (self.memory_gb >= memory_gb)
+        if not fits.any():
+            return None
+        first = int(fits.argmax())
+        return self.types[first], float(self.costs[first])
+
+
+class _PriceIndex:
+    """The price table indexed once per region: type specs, and candidates per family and allowed families.
+
+    Servers are looked up one by one in O(1) (no DataFrame filtering per server), so 10,000 servers take a
+    fraction of a second.
+    """
+
+    def __init__(self, prices: pd.DataFrame, allowed_families: Sequence[str]) -> None:
+        self.specs = {
+            (region, instance_type): (family, float(vcpus), float(memory_gb), float(cost))
+            for region, instance_type, family, vcpus, memory_gb, cost in prices.drop_duplicates(
+                ["region", "instance_type"]
+            )[["region", "instance_type", "family", "vcpus", "memory_gb", "hourly_cost_usd"]].itertuples(
+                index=False
+            )
+        }
+        self.by_family = {key: _Candidates(table) for key, table in prices.groupby(["region", "family"])}
+        allowed = prices[prices["family"].isin(list(allowed_families))]
+        self.allowed = {region: _Candidates(table) for region, table in allowed.groupby("region")}
+
+    def cheapest_fit(
+        self, region: str, family: str, vcpus: float, memory_gb: float
+    ) -> tuple[tuple[str, float] | None, bool]:
+        """Cheapest fitting type of ``family``, else of the allowed families; and whether it is own."""
+        own = self.by_family.get((region, family))
+        choice = own.cheapest_fit(vcpus, memory_gb) if own is not None else None
+        if choice is not None:
+            return choice, True
+        allowed = self.allowed.get(region)
+        return (allowed.cheapest_fit(vcpus, memory_gb) if allowed is not None else None), False
 
 
 def _region_of(server_inventory: pd.DataFrame, default_region: str) -> pd.Series:
@@ -118,19 +165,20 @@ def right_size(  # noqa: PLR0914, PLR0917 - one row of bookkeeping per server; o
     if "instance_type" not in inventory.columns:  # optional in the contract (e.g. an on-premises fleet)
         inventory = inventory.assign(instance_type=None)
     regions = _region_of(inventory, default_region)
-    by_region = {region: table for region, table in prices.groupby("region")}
+    index = _PriceIndex(prices, allowed_families)
+    cpu_peaks = peaks["cpu_p95"].to_dict() if "cpu_p95" in peaks else {}
+    memory_peaks = peaks["memory_p95"].to_dict() if "memory_p95" in peaks else {}
     rows = []
     for server_id, current, region in zip(
         inventory["server_id"], inventory["instance_type"], regions, strict=True
     ):
         row = dict.fromkeys(RECOMMENDATION_COLUMNS, np.nan)
         row.update(server_id=server_id, instance_type=current, region=region, reason="")
-        table = by_region.get(region, prices.iloc[0:0])
-        own = table[table["instance_type"] == current]
-        cpu_peak = peaks["cpu_p95"].get(server_id, np.nan) if "cpu_p95" in peaks else np.nan
-        memory_peak = peaks["memory_p95"].get(server_id, np.nan) if "memory_p95" in peaks else np.nan
+        spec = index.specs.get((region, current))
+        cpu_peak = cpu_peaks.get(server_id, np.nan)
+        memory_peak = memory_peaks.get(server_id, np.nan)
         row.update(cpu_peak=cpu_peak, memory_peak=memory_peak)
-        if own.empty:
+        if spec is None:
             row["reason"] = (
                 "no instance_type in server_inventory"
                 if pd.isna(current)
@@ -138,38 +186,40 @@ def right_size(  # noqa: PLR0914, PLR0917 - one row of bookkeeping per server; o
             )
             rows.append(row)
             continue
-        spec = own.iloc[0]
-        row["current_hourly_cost_usd"] = float(spec["hourly_cost_usd"])
+        family, spec_vcpus, spec_memory_gb, spec_cost = spec
+        row["current_hourly_cost_usd"] = spec_cost
         if pd.isna(cpu_peak):
             row["reason"] = "no cpu_p95 forecast"
             rows.append(row)
             continue
-        vcpus = spec["vcpus"] * cpu_peak / target_utilisation
+        vcpus = spec_vcpus * cpu_peak / target_utilisation
         memory_note = ""
         if pd.isna(memory_peak):
-            memory_gb = float(spec["memory_gb"])
+            memory_gb = spec_memory_gb
             memory_note = "; memory not monitored, kept at the current size"
         else:
-            memory_gb = spec["memory_gb"] * memory_peak / target_utilisation
+            memory_gb = spec_memory_gb * memory_peak / target_utilisation
         row.update(required_vcpus=round(vcpus, 2), required_memory_gb=round(memory_gb, 2))
         needs = f"needs {vcpus:.1f} vCPU and {memory_gb:.1f} GiB to stay under {target_utilisation:g} %"
-        choice = _cheapest_fit(table[table["family"] == spec["family"]], vcpus, memory_gb)
-        where = f"in family {spec['family']}"
+        choice, own_family = index.cheapest_fit(region, family, vcpus, memory_gb)
+        where = (
+            f"in family {family}"
+            if own_family
+            else f"none in family {family}; cheapest of the allowed families"
+        )
         if choice is None:
-            choice = _cheapest_fit(table[table["family"].isin(list(allowed_families))], vcpus, memory_gb)
-            where = f"none in family {spec['family']}; cheapest of the allowed families"
-        if choice is None:
-            row["reason"] = f"{needs}: more than any type of family {spec['family']} or the allowed families"
+            row["reason"] = f"{needs}: more than any type of family {family} or the allowed families"
             rows.append(row)
             continue
-        change = (float(choice["hourly_cost_usd"]) - row["current_hourly_cost_usd"]) * hours_per_month
+        recommended, recommended_cost = choice
+        change = (recommended_cost - row["current_hourly_cost_usd"]) * hours_per_month
         row.update(
-            recommended_instance_type=choice["instance_type"],
-            recommended_hourly_cost_usd=float(choice["hourly_cost_usd"]),
+            recommended_instance_type=recommended,
+            recommended_hourly_cost_usd=recommended_cost,
             monthly_cost_change_usd=round(change, 2),
             reason=(
                 f"{needs} ({where}){memory_note}"
-                if choice["instance_type"] != current
+                if recommended != current
                 else f"{needs}: already the smallest fitting type{memory_note}"
             ),
         )

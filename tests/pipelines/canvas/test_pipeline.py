@@ -36,6 +36,22 @@ def test_export_is_autopilot_layout(fleet):
     )
 
 
+def test_export_is_skipped_for_a_long_history_only_when_autopilot_is_off(fleet, caplog):
+    features = fleet["server_features"]
+    limit = len(features) - 1
+    skipped = export_canvas_training_data(features, REGRESSORS, enabled=False, max_rows_when_disabled=limit)
+    assert skipped.empty and list(skipped.columns) == ["item_id", "timestamp", "target_value", *REGRESSORS]
+    assert "canvas export skipped" in caplog.text
+    full = export_canvas_training_data(features, REGRESSORS)
+    for enabled, max_rows in ((True, limit), (False, len(features)), (False, None)):
+        pd.testing.assert_frame_equal(
+            export_canvas_training_data(
+                features, REGRESSORS, enabled=enabled, max_rows_when_disabled=max_rows
+            ),
+            full,
+        )
+
+
 def test_export_needs_the_regressor_columns(fleet):
     with pytest.raises(ValueError, match=r"lacks columns \['is_holiday'\]"):
         export_canvas_training_data(fleet["server_features"].drop(columns="is_holiday"), REGRESSORS)

@@ -36,6 +36,8 @@ PARAMS = {
     "savings_column": "monthly_savings_usd",
     "hours_per_month": 730,
     "report_title": "Test capacity report",
+    "report_table_rows": 200,
+    "scatter_max_servers": 2000,
 }
 
 
@@ -56,7 +58,7 @@ def _figures(inputs):
     }
 
 
-def _report(inputs, figures):
+def _report(inputs, figures, table_rows=None):
     at_risk = select_at_risk_servers(inputs["risk_register"], inputs["server_inventory"])
     return build_capacity_report(
         at_risk,
@@ -69,6 +71,7 @@ def _report(inputs, figures):
         "monthly_savings_usd",
         730,
         "Test capacity report",
+        table_rows,
     )
 
 
@@ -149,6 +152,35 @@ def test_cluster_scatter_has_one_trace_per_cluster(reporting_inputs):
     assert sorted(fig.data[0].text) == ["s1", "s2", "s5"]
 
 
+def test_quarterly_trend_means_match_a_plain_groupby(reporting_inputs):
+    clean, inventory = reporting_inputs["clean_server_metrics"], reporting_inputs["server_inventory"]
+    fig = plot_quarterly_trend(clean, inventory)
+    data = clean.merge(inventory[["server_id", "archetype"]], on="server_id")
+    data["quarter"] = data["date"].dt.to_period("Q").astype(str)
+    expected = data.groupby(["metric", "archetype", "quarter"])["value"].mean()
+    drawn = {
+        (metric, trace.name, quarter): value
+        for trace in fig.data
+        for metric in [fig.layout.annotations[int(trace.xaxis[1:] or 1) - 1].text]
+        for quarter, value in zip(trace.x, trace.y, strict=True)
+    }
+    assert drawn.keys() == set(expected.index)
+    assert all(abs(drawn[key] - value) < 1e-9 for key, value in expected.items())
+
+
+def test_cluster_scatter_samples_every_cluster_of_a_big_fleet(reporting_inputs):
+    inputs = reporting_inputs
+    fig = plot_cluster_scatter(
+        inputs["clean_server_metrics"], inputs["server_clusters"], inputs["server_inventory"], 3
+    )
+    assert sorted(len(t.x) for t in fig.data) == [1, 1, 2]  # about 3 of 6 servers, every cluster kept
+    assert "(4 of 6 servers, sampled per cluster)" in fig.layout.title.text
+    whole = plot_cluster_scatter(
+        inputs["clean_server_metrics"], inputs["server_clusters"], inputs["server_inventory"], 6
+    )
+    assert sum(len(t.x) for t in whole.data) == 6 and "sampled" not in whole.layout.title.text
+
+
 def test_model_leaderboard_sorted_by_mase_with_coverage(reporting_inputs):
     fig = _figures(reporting_inputs)["model_leaderboard_chart"]
     assert [t.name for t in fig.data] == ["mase", "coverage"]
@@ -209,6 +241,15 @@ def test_capacity_report_is_self_contained_html(reporting_inputs):
     assert "analysis date 2025-02-03" in report
     assert '<td class="col-days_to_90">1</td>' in report  # whole days
     assert _report(reporting_inputs, figures) == report  # deterministic (fixed div ids)
+
+
+def test_capacity_report_lists_the_most_urgent_and_points_to_the_full_csv(reporting_inputs):
+    report = _report(reporting_inputs, _figures(reporting_inputs), table_rows=1)
+    assert "Servers at risk (2)" in report
+    assert "The 1 most urgent of 2 at-risk servers" in report and "<code>at_risk_servers</code>" in report
+    table = report[report.index("Servers at risk (2)") : report.index("</table>")]
+    assert table.count('<td class="col-server_id">') == 1 and '<td class="col-server_id">s5</td>' in table
+    assert "most urgent" not in _report(reporting_inputs, _figures(reporting_inputs), table_rows=2)
 
 
 def test_capacity_report_shows_whole_days_after_a_csv_round_trip(reporting_inputs, tmp_path: Path):

@@ -23,16 +23,26 @@ logger = logging.getLogger(__name__)
 KEYS = ["server_id", "metric"]
 
 
-def export_canvas_training_data(server_features: pd.DataFrame, regressors: list[str]) -> pd.DataFrame:
+def export_canvas_training_data(
+    server_features: pd.DataFrame,
+    regressors: list[str],
+    enabled: bool = True,
+    max_rows_when_disabled: int | None = None,
+) -> pd.DataFrame:
     """Writes the history in Autopilot's time-series layout: one row per item and day.
 
     Args:
         server_features: ETL features (``server_id``, ``metric``, ``date``, ``value`` and calendar flags).
         regressors: Calendar flag columns to pass along as 0/1 regressors (``params:canvas.regressors``).
+        enabled: ``params:canvas.enabled``: Autopilot needs the export.
+        max_rows_when_disabled: With Autopilot off, a history longer than this many rows is not exported
+            (``params:canvas.export_max_rows_when_disabled``; null: always exported): the local stand-in never
+            reads it, and on a 10,000-server fleet it is a multi-GB CSV that takes minutes to write.
 
     Returns:
         Frame ``item_id`` (``<server_id>|<metric>``), ``timestamp`` (``YYYY-MM-DD``), ``target_value`` (NaN
-        inside unfilled long gaps) and one column per regressor, sorted by item and day.
+        inside unfilled long gaps) and one column per regressor, sorted by item and day; empty (same
+        columns) when Autopilot is off and the history is longer than ``max_rows_when_disabled``.
 
     Raises:
         ValueError: If a required column is missing.
@@ -40,6 +50,17 @@ def export_canvas_training_data(server_features: pd.DataFrame, regressors: list[
     missing = sorted({"server_id", "metric", "date", "value", *regressors} - set(server_features.columns))
     if missing:
         raise ValueError(f"server_features lacks columns {missing} needed by the canvas export")
+    if not enabled and max_rows_when_disabled is not None and len(server_features) > max_rows_when_disabled:
+        logger.warning(
+            "canvas export skipped: Autopilot is off (params canvas.enabled) and the history has %d rows, "
+            "more "
+            "than params canvas.export_max_rows_when_disabled=%d; canvas_training_data is written empty "
+            "(run with canvas.enabled=true, or raise the limit, to get the Autopilot CSV)",
+            len(server_features),
+            max_rows_when_disabled,
+        )
+        columns = {ITEM_ID: "str", TIMESTAMP: "str", TARGET: "float64", **dict.fromkeys(regressors, "int8")}
+        return pd.DataFrame({name: pd.Series(dtype=dtype) for name, dtype in columns.items()})
     dates = pd.to_datetime(server_features["date"])
     training = pd.DataFrame(
         {

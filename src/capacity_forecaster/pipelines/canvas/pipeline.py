@@ -38,7 +38,12 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             Node(
                 func=export_canvas_training_data,
-                inputs={"server_features": "server_features", "regressors": f"{_P}regressors"},
+                inputs={
+                    "server_features": "server_features",
+                    "regressors": f"{_P}regressors",
+                    "enabled": f"{_P}enabled",
+                    "max_rows_when_disabled": f"{_P}export_max_rows_when_disabled",
+                },
                 outputs="canvas_training_data",
                 name="export_canvas_training_data_node",
             ),

@@ -155,6 +155,9 @@ def plot_forecast_vs_actual(
     top = _rank_servers_by_risk(risk_register).head(top_servers)
     if top.empty:
         return _empty_figure(title, "No servers in the risk register")
+    # one pass over the (possibly tens of millions of rows) history, then per-server masks on the subset
+    clean_server_metrics = clean_server_metrics[clean_server_metrics["server_id"].isin(top["server_id"])]
+    selected = selected[selected["server_id"].isin(top["server_id"])]
     fig = make_subplots(
         rows=len(top),
         cols=1,
@@ -284,6 +287,43 @@ def plot_risk_heatmap(
     return fig
 
 
+def _quarterly_means(clean_server_metrics: pd.DataFrame, server_inventory: pd.DataFrame) -> pd.DataFrame:
+    """Mean value per metric, archetype (``unknown`` off the inventory) and quarter (``2024Q3``).
+
+    Rows are reduced to integer codes and summed with ``np.bincount``: no per-row merge or Period strings, so
+    tens of millions of rows take seconds and little memory.
+    """
+    server_codes, servers = pd.factorize(clean_server_metrics["server_id"])
+    metric_codes, metrics = pd.factorize(clean_server_metrics["metric"])
+    archetype_of = server_inventory.drop_duplicates("server_id").set_index("server_id")["archetype"]
+    server_archetypes = pd.Series(servers).map(archetype_of).fillna("unknown").astype(str)
+    archetype_codes, archetypes = pd.factorize(server_archetypes)
+    dates = pd.DatetimeIndex(clean_server_metrics["date"])
+    quarter = dates.year.to_numpy(np.int64) * 4 + (dates.month.to_numpy(np.int64) - 1) // 3
+    first_quarter = int(quarter.min())
+    n_quarters = int(quarter.max()) - first_quarter + 1
+    values = clean_server_metrics["value"].to_numpy(dtype=float)
+    observed = ~np.isnan(values)
+    group = metric_codes.astype(np.int64) * len(archetypes) + archetype_codes[server_codes]
+    cell = group * n_quarters + (quarter - first_quarter)
+    size = len(metrics) * len(archetypes) * n_quarters
+    sums = np.bincount(cell[observed], weights=values[observed], minlength=size)
+    counts = np.bincount(cell[observed], minlength=size)
+    present = np.flatnonzero(np.bincount(cell, minlength=size))  # a quarter of NaN only stays, as NaN
+    metric_index, rest = np.divmod(present, len(archetypes) * n_quarters)
+    archetype_index, quarter_index = np.divmod(rest, n_quarters)
+    quarter_number = quarter_index + first_quarter
+    trend = pd.DataFrame(
+        {
+            "metric": np.asarray(metrics, dtype=object)[metric_index],
+            "archetype": np.asarray(archetypes, dtype=object)[archetype_index],
+            "quarter": [f"{q // 4}Q{q % 4 + 1}" for q in quarter_number],
+            "value": np.where(counts[present] > 0, sums[present] / np.maximum(counts[present], 1), np.nan),
+        }
+    )
+    return trend.sort_values(["metric", "archetype", "quarter"], kind="stable").reset_index(drop=True)
+
+
 def plot_quarterly_trend(clean_server_metrics: pd.DataFrame, server_inventory: pd.DataFrame) -> go.Figure:
     """Draws the mean daily P95 per quarter and archetype, one panel per metric.
 
@@ -296,12 +336,7 @@ def plot_quarterly_trend(clean_server_metrics: pd.DataFrame, server_inventory: p
     title = "Quarterly mean P95 utilisation by archetype"
     if clean_server_metrics.empty:
         return _empty_figure(title, "No clean metrics")
-    data = clean_server_metrics[["server_id", "metric", "date", "value"]].merge(
-        server_inventory[["server_id", "archetype"]], on="server_id", how="left"
-    )
-    data["archetype"] = data["archetype"].fillna("unknown")
-    data["quarter"] = data["date"].dt.to_period("Q").astype(str)
-    trend = data.groupby(["metric", "archetype", "quarter"], as_index=False)["value"].mean()
+    trend = _quarterly_means(clean_server_metrics, server_inventory)
     metrics = [m for m in METRICS if m in set(trend["metric"])]
     archetypes = sorted(trend["archetype"].unique())
     fig = make_subplots(rows=2, cols=2, subplot_titles=metrics, shared_xaxes=True, vertical_spacing=0.12)
@@ -327,8 +362,25 @@ def plot_quarterly_trend(clean_server_metrics: pd.DataFrame, server_inventory: p
     return fig
 
 
+def _server_means(clean_server_metrics: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
+    """Mean value of each server per metric (``server_id`` and one column per metric; NaN when none)."""
+    rows = clean_server_metrics[clean_server_metrics["metric"].isin(metrics)]
+    server_codes, servers = pd.factorize(rows["server_id"])
+    values = rows["value"].to_numpy(dtype=float)
+    means = {"server_id": np.asarray(servers, dtype=object)}
+    for metric in metrics:
+        keep = (rows["metric"] == metric).to_numpy() & ~np.isnan(values)
+        sums = np.bincount(server_codes[keep], weights=values[keep], minlength=len(servers))
+        counts = np.bincount(server_codes[keep], minlength=len(servers))
+        means[metric] = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+    return pd.DataFrame(means)
+
+
 def plot_cluster_scatter(
-    clean_server_metrics: pd.DataFrame, server_clusters: pd.DataFrame, server_inventory: pd.DataFrame
+    clean_server_metrics: pd.DataFrame,
+    server_clusters: pd.DataFrame,
+    server_inventory: pd.DataFrame,
+    max_servers: int | None = None,
 ) -> go.Figure:
     """Draws each server's mean cpu against mean memory utilisation, coloured by its K-Means cluster.
 
@@ -336,24 +388,28 @@ def plot_cluster_scatter(
         clean_server_metrics: Long daily table ``server_id, metric, date, value``.
         server_clusters: One row per server with ``server_id`` and ``cluster`` (``description`` optional).
         server_inventory: Inventory with ``server_id`` and ``archetype`` (shown on hover).
+        max_servers: About this many points (``params:reporting.scatter_max_servers``; null: all): a bigger
+            fleet is drawn as a fixed random sample of each cluster in proportion (every cluster keeps at
+            least one point) and the title says so; ``server_clusters`` holds every server.
     """
     title = "Server clusters: mean cpu vs mean memory utilisation"
     _require(server_clusters, ("server_id", "cluster"), "server_clusters")
     if server_clusters.empty:
         return _empty_figure(title, "No clusters")
-    means = (
-        clean_server_metrics[clean_server_metrics["metric"].isin(["cpu_p95", "memory_p95"])]
-        .groupby(["server_id", "metric"])["value"]
-        .mean()
-        .unstack("metric")
-        .reset_index()
-    )
+    means = _server_means(clean_server_metrics, ["cpu_p95", "memory_p95"])
     keep = ["server_id", "cluster"] + [c for c in ("description",) if c in server_clusters.columns]
     points = (
         server_clusters[keep]
         .merge(means, on="server_id", how="inner")
         .merge(server_inventory[["server_id", "archetype"]], on="server_id", how="left")
     )
+    if max_servers and len(points) > max_servers:
+        share, total = max_servers / len(points), len(points)
+        points = points.groupby("cluster", group_keys=False, sort=False)[points.columns.tolist()].apply(
+            lambda part: part.sample(n=max(1, round(len(part) * share)), random_state=0)
+        )
+        points = points.sort_index()
+        title += f" ({len(points):,} of {total:,} servers, sampled per cluster)"
     fig = go.Figure()
     for cluster, part in points.groupby("cluster", sort=True):
         label = f"cluster {cluster}"
@@ -558,6 +614,7 @@ def build_capacity_report(  # noqa: PLR0913, PLR0917 (one argument per node inpu
     savings_column: str,
     hours_per_month: float,
     report_title: str,
+    table_rows: int | None = None,
 ) -> str:
     """Builds the capacity report: one self-contained HTML page that opens offline.
 
@@ -580,6 +637,9 @@ def build_capacity_report(  # noqa: PLR0913, PLR0917 (one argument per node inpu
         savings_column: Plan column holding the monthly saving (``params:reporting.savings_column``).
         hours_per_month: Hours billed per month (``params:reporting.hours_per_month``).
         report_title: Page title (``params:reporting.report_title``).
+        table_rows: Most at-risk servers listed (``params:reporting.report_table_rows``; null for all): a big
+            fleet's report lists the most urgent ones and says where the full list is (``at_risk_servers``
+            CSV and the ``risk_register``, both written through the catalog), so its size stays bounded.
 
     Returns:
         The report as an HTML document.
@@ -614,11 +674,18 @@ def build_capacity_report(  # noqa: PLR0913, PLR0917 (one argument per node inpu
         for number, label in cards
     )
     days = {c: "Int64" for c in ("days_to_80", "days_to_90") if c in at_risk_servers.columns}
+    shown = at_risk_servers.head(table_rows) if table_rows else at_risk_servers
     table = (
-        _html_table(at_risk_servers.astype(days))  # whole days, also after a CSV round trip (NaN -> float)
+        _html_table(shown.astype(days))  # whole days, also after a CSV round trip (NaN -> float)
         if len(at_risk_servers)
         else "<p>No server is at risk in the horizon.</p>"
     )
+    if len(shown) < len(at_risk_servers):
+        table = (
+            f'<p class="sub">The {len(shown):,} most urgent of {len(at_risk_servers):,} at-risk servers. '
+            "The full list is the <code>at_risk_servers</code> CSV next to this report, and every server and "
+            "metric is in the <code>risk_register</code> dataset (both written by the same run).</p>" + table
+        )
     quality = pd.DataFrame(_flat_items(data_quality_report), columns=["check", "value"])
     details = pd.DataFrame(_flat_items(risk_summary), columns=["item", "value"])
     figures = [

@@ -70,7 +70,12 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             Node(
                 func=plot_cluster_scatter,
-                inputs=["clean_server_metrics", "server_clusters", "server_inventory"],
+                inputs=[
+                    "clean_server_metrics",
+                    "server_clusters",
+                    "server_inventory",
+                    "params:reporting.scatter_max_servers",
+                ],
                 outputs="cluster_scatter",
                 name="plot_cluster_scatter_node",
                 tags=figures,
@@ -107,6 +112,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "params:reporting.savings_column",
                     "params:reporting.hours_per_month",
                     "params:reporting.report_title",
+                    "params:reporting.report_table_rows",
                 ],
                 outputs="capacity_report",
                 name="build_capacity_report_node",
