@@ -12,7 +12,10 @@ import pytest
 from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
 from kedro.runner import SequentialRunner
+from kedro_datasets.json import JSONDataset
+from kedro_datasets.pandas import ParquetDataset
 from kedro_datasets.partitions import PartitionedDataset
+from kedro_datasets.pickle import PickleDataset
 
 from capacity_forecaster import sharding
 from capacity_forecaster.pipelines.modelling.pipeline import MODELS, create_pipeline
@@ -64,8 +67,8 @@ def _run(catalog, namespaces: list[str] | None = None) -> None:
 
 
 def _partitioned(catalog, root: Path) -> dict[str, Path]:
-    """Puts every per-model output and ``model_input_shards`` in local PartitionedDatasets, as the cloud env
-    does on S3; returns each dataset's folder."""
+    """Persists what crosses the modelling jobs as the cloud env does on S3 (every per-model output and
+    ``model_input_shards`` in PartitionedDatasets) under ``root``; returns the partitioned folders."""
     folders = {}
     for model in MODELS:
         for output, suffix in OUTPUTS.items():
@@ -75,6 +78,9 @@ def _partitioned(catalog, root: Path) -> dict[str, Path]:
             catalog[name] = PartitionedDataset(
                 path=str(root / name), dataset=kind, filename_suffix=f".{suffix}"
             )
+    catalog["model_input"] = ParquetDataset(filepath=str(root / "model_input.parquet"))
+    catalog["backtest_plan"] = PickleDataset(filepath=str(root / "backtest_plan.pkl"))
+    catalog["shard_plan"] = JSONDataset(filepath=str(root / "shard_plan.json"))
     folders["model_input_shards"] = root / "model_input_shards"
     catalog["model_input_shards"] = PartitionedDataset(
         path=str(folders["model_input_shards"]), dataset="pandas.ParquetDataset", filename_suffix=".parquet"
