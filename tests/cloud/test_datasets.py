@@ -256,10 +256,11 @@ def test_access_denied_names_dataset_uri_and_reason(catalog, bucket, aws, monkey
 
 
 def test_versioned_pickle_save_load_and_failed_save_adds_no_version(bucket):
+    from kedro.io import Version  # noqa: PLC0415
     from kedro_datasets.pickle import PickleDataset  # noqa: PLC0415
 
-    def dataset() -> PickleDataset:
-        made = PickleDataset(filepath=f"s3://{bucket}/models/model.pkl", versioned=True)
+    def dataset() -> PickleDataset:  # a new save version each time, as in each run
+        made = PickleDataset(filepath=f"s3://{bucket}/models/model.pkl", version=Version(None, None))
         guard_dataset("model", made)
         return made
 
