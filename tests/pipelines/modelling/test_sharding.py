@@ -18,6 +18,7 @@ from kedro_datasets.partitions import PartitionedDataset
 from kedro_datasets.pickle import PickleDataset
 
 from capacity_forecaster import sharding
+from capacity_forecaster.pipelines.modelling.nodes import prepare_model_input, split_model_input
 from capacity_forecaster.pipelines.modelling.pipeline import MODELS, create_pipeline
 from capacity_forecaster.sharding import shard_of
 from tests.conftest import PROJECT_PATH
@@ -104,6 +105,36 @@ def test_a_server_keeps_its_shard_across_processes_and_fleets():
     assert here[1] == [1] * len(ids) and all(set(v) == set(range(1, k + 1)) for k, v in here.items())
     # a server's shard depends on its id only, not on the other servers of the fleet
     assert shard_of(ids[::-1][:40], 7).tolist() == here[7][::-1][:40]
+
+
+def test_split_resolves_auto_and_keeps_one_shard_uncopied():
+    clean, inventory = _fleet(n_servers=5, shards=1)
+    model_input = prepare_model_input(clean, inventory)
+    parts, plan = split_model_input(model_input, "auto", 2)
+    assert plan == {"shards": 3, "servers": {n: parts[n]["server_id"].nunique() for n in parts}}
+    assert sum(plan["servers"].values()) == 5 and sum(len(p) for p in parts.values()) == len(model_input)
+    for name, part in parts.items():
+        assert set(shard_of(part["server_id"], 3)) <= {int(name.split("-")[1])}
+    one, one_plan = split_model_input(model_input, 1, 2)
+    assert one["shard-1-of-1"] is model_input and one_plan == {"shards": 1, "servers": {"shard-1-of-1": 5}}
+
+
+def test_workers_stay_within_the_cores_models_leave_free(monkeypatch):
+    monkeypatch.setattr(sharding, "cpu_count", lambda: 2)
+    assert sharding.worker_count(4, cores_per_shard=1) == 2  # two single-core shards at once
+    assert sharding.worker_count(4, cores_per_shard=2) == 1  # prophet n_jobs 2: one shard after another
+    assert sharding.worker_count(1, cores_per_shard=1) == 1  # never more workers than shards
+    assert sharding.worker_count(4, cores_per_shard=1, limit=1) == 1
+
+
+def test_a_shard_job_takes_its_partition_or_says_which_is_missing():
+    partitions = {"shard-1-of-2.parquet": "a", "shard-2-of-2.parquet": "b", "shard-1-of-3.parquet": "old"}
+    assert sharding.partitions_to_run(partitions, 2, 2) == {"shard-2-of-2": "b"}
+    assert sharding.partitions_to_run(partitions, 2, None) == {"shard-1-of-2": "a", "shard-2-of-2": "b"}
+    with pytest.raises(ValueError, match="outside 1..2"):
+        sharding.partitions_to_run(partitions, 2, 3)
+    with pytest.raises(ValueError, match="missing input partition shard-2-of-3"):
+        sharding.partitions_to_run(partitions, 3, 2)
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ models are fitted once per metric across all servers.
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -356,7 +356,7 @@ def _cores_per_shard(enabled: bool, metric_jobs: int, hyperparameters: dict[str,
 
 
 def _run_shards(  # noqa: PLR0913, PLR0917 (the shards, how to run them, then the per-shard function's args)
-    func: Any,
+    func: Callable[..., Any],
     partitions: Mapping[str, Any],
     shard_plan: dict[str, Any],
     shard: int | None,
@@ -397,7 +397,8 @@ def backtest_shards(  # noqa: PLR0913 (one argument per node input)
         shard: ``params:modelling.shard``: None runs every shard, in parallel worker processes when the cores
             allow; ``i`` runs shard ``i`` only (one SageMaker job per shard).
         shard_workers: ``params:modelling.shard_workers``: most worker processes (None: the cores).
-        **others: as ``backtest_forecaster``.
+        enabled, kind, hyperparameters, backtest_folds, metric_jobs, country, month_end_business_days,
+        quarter_end_business_days: as in ``backtest_forecaster``.
 
     Returns:
         The backtest forecasts and the timing stats, each ``{shard name: ...}``.
@@ -481,6 +482,7 @@ def _fleet_stats(partitions: Mapping[str, Any], shard_plan: dict[str, Any]) -> d
 
 
 def _combine_stats(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """Shards' stats combined key by key (see ``_fleet_stats``); other values: the first shard's."""
     combined: dict[str, Any] = {}
     for key in dict.fromkeys(k for part in parts for k in part):
         values = [part[key] for part in parts if key in part]
