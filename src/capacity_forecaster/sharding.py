@@ -10,11 +10,12 @@ from __future__ import annotations
 import math
 import re
 import zlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from joblib import Parallel, cpu_count, delayed
 
 _SHARD_NAME = re.compile(r"^shard-(\d+)-of-(\d+)$")
 
@@ -69,3 +70,47 @@ def partitions_of_run(partitions: Mapping[str, Any], shards: int) -> dict[str, A
     if missing:
         raise ValueError(f"missing shard outputs {missing}: rerun those shards (see the resume command)")
     return dict(sorted(found.items(), key=lambda item: parse_shard_name(item[0])[0]))
+
+
+def partitions_to_run(partitions: Mapping[str, Any], shards: int, shard: int | None) -> dict[str, Any]:
+    """The partitions one process works on, keyed by shard name: all of the ``shards``-way run (``shard``
+    None, checked complete) or only shard ``shard`` (``modelling.shard=i``: one SageMaker job per shard)."""
+    if shard is None:
+        chosen = partitions_of_run(partitions, shards)
+    else:
+        if isinstance(shard, bool) or not isinstance(shard, int):
+            raise ValueError(f"shard must be an integer in 1..{shards} or null, got {shard!r}")
+        wanted = shard_name(shard, shards)
+        chosen = {key: value for key, value in partitions.items() if key.split(".")[0] == wanted}
+        if not chosen:
+            raise ValueError(f"missing input partition {wanted}: rerun the job that splits the fleet")
+    return {shard_name(*parse_shard_name(key)): value for key, value in chosen.items()}
+
+
+def load_partition(partition: Any) -> Any:
+    """A partition's data: ``PartitionedDataset`` loads give callables, in-memory dicts the data itself."""
+    return partition() if callable(partition) else partition
+
+
+def worker_count(shards: int, cores_per_shard: int, limit: int | None = None) -> int:
+    """Worker processes for ``shards`` shards whose work uses ``cores_per_shard`` cores each.
+
+    Never more workers than shards, than ``limit`` (None: the usable cores) or than the cores allow without
+    oversubscription (``workers * cores_per_shard <= cores``): 1 means one shard after another, in-process.
+    """
+    cores = cpu_count()
+    return max(1, min(shards, limit or cores, cores // max(1, cores_per_shard)))
+
+
+def map_shards(func: Callable[..., Any], partitions: Mapping[str, Any], workers: int, **kwargs: Any) -> dict:
+    """``func(data, **kwargs)`` for each partition's data, keyed like ``partitions``.
+
+    With ``workers`` > 1 the shards run in that many worker processes (joblib's loky, whose workers are
+    reused across calls); otherwise here, one after another. Partitions are loaded as they are dispatched.
+    """
+    if workers > 1 and len(partitions) > 1:
+        calls = (delayed(func)(load_partition(value), **kwargs) for value in partitions.values())
+        results = Parallel(n_jobs=workers, backend="loky")(calls)
+    else:
+        results = [func(load_partition(value), **kwargs) for value in partitions.values()]
+    return dict(zip(partitions, results, strict=True))

@@ -26,17 +26,22 @@ PREFIX_OF_PIPELINE = {
 """Where each pipeline's datasets live in the bucket (fitted models of modelling: models/)."""
 
 LOCATION_KEYS = {"filepath", "fs_args", "credentials"}
+PARTITIONED = "partitions.PartitionedDataset"
+"""Cloud type of a dataset written one shard per job (``path``: a folder of ``shard-<i>-of-<K>`` files)."""
+PARTITION_KEYS = {"type", "path", "dataset", "filename_suffix", "overwrite"}
 
 
 def _names(env: str, persisted_only: bool = True) -> dict[str, str]:
     """Dataset name (or factory pattern) -> catalog file declaring it, read straight from the YAML.
 
-    With ``persisted_only``, entries without a ``filepath`` (``MemoryDataset`` intermediates) are left out.
+    With ``persisted_only``, entries without a ``filepath`` or ``path`` (``MemoryDataset`` intermediates) are
+    left out.
     """
     names = {}
     for path in sorted((CONF / env).glob("catalog*.yml")):
         for name, entry in (yaml.safe_load(path.read_text()) or {}).items():
-            if not name.startswith("_") and isinstance(entry, dict) and ("filepath" in entry or not persisted_only):
+            persisted = "filepath" in entry or "path" in entry if isinstance(entry, dict) else False
+            if not name.startswith("_") and isinstance(entry, dict) and (persisted or not persisted_only):
                 names[name] = path.stem
     return names
 
@@ -68,7 +73,14 @@ def test_cloud_entries_keep_base_types_options_and_layers(monkeypatch):
         if name in LOCAL_ONLY or "filepath" not in entry:
             continue
         same = {k: v for k, v in entry.items() if k not in LOCATION_KEYS}
-        assert {k: v for k, v in cloud[name].items() if k not in LOCATION_KEYS} == same, name
+        if cloud[name]["type"] == PARTITIONED:  # one file per shard, each of the base entry's type
+            inner = {k: v for k, v in entry.items() if k not in LOCATION_KEYS | {"metadata"}}
+            assert cloud[name]["dataset"] == inner, name
+            same = {k: v for k, v in same.items() if k not in inner}
+            partitioned = {k: v for k, v in cloud[name].items() if k not in LOCATION_KEYS | PARTITION_KEYS}
+            assert partitioned == same, name
+        else:
+            assert {k: v for k, v in cloud[name].items() if k not in LOCATION_KEYS} == same, name
         open_args = {k: v for k, v in (entry.get("fs_args") or {}).items() if k.startswith("open_args")}
         cloud_fs = cloud[name]["fs_args"]
         assert {k: cloud_fs.get(k) for k in open_args} == open_args, (
@@ -76,7 +88,9 @@ def test_cloud_entries_keep_base_types_options_and_layers(monkeypatch):
         )
         assert cloud_fs["client_kwargs"] == {"region_name": "eu-west-1"}, name
         assert cloud_fs["config_kwargs"]["retries"] == {"mode": "adaptive", "max_attempts": 8}, name
-        assert Path(cloud[name]["filepath"]).name == Path(entry["filepath"]).name, (
+        base_file = Path(entry["filepath"])  # a partitioned dataset's folder is named like the base file
+        expected = base_file.stem if cloud[name]["type"] == PARTITIONED else base_file.name
+        assert Path(cloud[name].get("filepath", cloud[name].get("path"))).name == expected, (
             f"{name}: file name differs"
         )
 
@@ -84,10 +98,11 @@ def test_cloud_entries_keep_base_types_options_and_layers(monkeypatch):
 def test_cloud_paths_follow_the_bucket_layout(monkeypatch):
     cloud, declared_in = _catalog("cloud", monkeypatch), _names("base", persisted_only=False)
     for name, entry in cloud.items():
-        if "filepath" not in entry:
+        location = entry.get("filepath", entry.get("path"))
+        if location is None:
             continue
-        key = entry["filepath"].removeprefix("s3://cf-bucket/")
-        assert entry["filepath"].startswith("s3://cf-bucket/") and key.split("/")[0] in LAYOUT, name
+        key = location.removeprefix("s3://cf-bucket/")
+        assert location.startswith("s3://cf-bucket/") and key.split("/")[0] in LAYOUT, name
         pipeline = declared_in[name].removeprefix("catalog_")
         expected = "models" if name.endswith("_forecaster") else PREFIX_OF_PIPELINE[pipeline]
         assert key.split("/")[0] == expected, f"{name} is under {key.split('/')[0]}/, expected {expected}/"

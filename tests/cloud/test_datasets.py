@@ -255,12 +255,39 @@ def test_access_denied_names_dataset_uri_and_reason(catalog, bucket, aws, monkey
     assert "IAM policy" in str(save_err.value)
 
 
-def test_versioned_models_save_load_and_failed_save_adds_no_version(catalog, bucket):
+def test_versioned_pickle_save_load_and_failed_save_adds_no_version(bucket):
+    from kedro.io import Version  # noqa: PLC0415
+    from kedro_datasets.pickle import PickleDataset  # noqa: PLC0415
+
+    def dataset() -> PickleDataset:  # a new save version each time, as in each run
+        made = PickleDataset(filepath=f"s3://{bucket}/models/model.pkl", version=Version(None, None))
+        guard_dataset("model", made)
+        return made
+
     first = {"cpu_p95": np.arange(200_000, dtype="float64")}
-    catalog.save("seasonal_naive_forecaster", first)
-    versions = [k for k in object_keys(bucket, "models/") if k.endswith("/seasonal_naive_forecaster.pkl")]
-    assert len(versions) == 1 and versions[0].startswith("models/seasonal_naive_forecaster.pkl/")
+    dataset().save(first)
+    versions = [k for k in object_keys(bucket, "models/") if k.endswith("/model.pkl")]
+    assert len(versions) == 1 and versions[0].startswith("models/model.pkl/")
     with pytest.raises(DatasetError):  # the array is written, then pickling the lambda fails
-        catalog.save("seasonal_naive_forecaster", {"cpu_p95": first["cpu_p95"], "bad": lambda: 1})
+        dataset().save({"cpu_p95": first["cpu_p95"], "bad": lambda: 1})
     assert [k for k in object_keys(bucket, "models/")] == versions
-    np.testing.assert_array_equal(catalog.load("seasonal_naive_forecaster")["cpu_p95"], first["cpu_p95"])
+    np.testing.assert_array_equal(dataset().load()["cpu_p95"], first["cpu_p95"])
+
+
+def test_fitted_models_are_versioned_per_shard(bucket, kedro_session):
+    """Each shard job adds its own versioned partition; loading gives every shard's latest version."""
+    fits = {"shard-1-of-2": [{"cpu_p95": 1}, {"cpu_p95": 3}], "shard-2-of-2": [{"cpu_p95": 2}]}
+    for shard, versions in fits.items():
+        for fitted in versions:  # a job's catalog per save, as in one SageMaker job per shard
+            kedro_session(env="cloud").load_context().catalog.save(
+                "seasonal_naive_forecaster", {shard: fitted}
+            )
+    keys = [k for k in object_keys(bucket, "models/") if k.endswith(".pkl")]
+    assert len(keys) == 3 and all(
+        k.startswith("models/shards/seasonal_naive_forecaster/shard-") for k in keys
+    )
+    loaded = kedro_session(env="cloud").load_context().catalog.load("seasonal_naive_forecaster")
+    assert {name: load() for name, load in loaded.items()} == {
+        "shard-1-of-2": {"cpu_p95": 3},
+        "shard-2-of-2": {"cpu_p95": 2},
+    }

@@ -141,10 +141,10 @@ def test_chain_on_s3_equals_local_run_and_last_pipeline_reruns_from_s3(bucket, k
     assert not [
         k for k in keys if k.split("/")[0] not in {"raw", "processed", "forecasts", "models", "risk_analysis"}
     ]
-    if "modelling" in chain:  # fitted models are versioned: models/<name>.pkl/<version>/<name>.pkl
+    if "modelling" in chain:  # fitted models, versioned per shard: models/shards/<name>/<shard>.pkl/<v>/
         assert any(
-            k.startswith("models/seasonal_naive_forecaster.pkl/")
-            and k.endswith("/seasonal_naive_forecaster.pkl")
+            k.startswith("models/shards/seasonal_naive_forecaster/shard-1-of-1.pkl/")
+            and k.endswith("/shard-1-of-1.pkl")
             for k in keys
         ), sorted(keys)
     assert _files(data_root) == [], "the cloud run wrote local files"

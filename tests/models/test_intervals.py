@@ -98,7 +98,10 @@ def test_calibration_scales_each_horizon_week_and_the_ensemble_after_its_members
     )
     plan = {"origin_offsets_days": [400, 300, 200, 100], "horizon": 14}
     members = ["seasonal_naive", "changepoint_regression"]
-    calibrated, scales = calibrate_intervals(model_input, plan, True, 0.8, 100.0, 0.0, members, backtest)
+    shards = {"shards": 1}
+    calibrated, scales = calibrate_intervals(
+        model_input, plan, True, 0.8, 100.0, 0.0, members, shards, {"shard-1-of-1": backtest}
+    )
     table = scales.set_index(["model", "horizon_week"])["scale"]
     for model in ("seasonal_naive", "changepoint_regression"):
         assert 1.5 < table[(model, 0)] < 5 and table[(model, 1)] > 2 * table[(model, 0)]

@@ -194,5 +194,8 @@ def test_the_leaderboard_records_what_a_budgeted_model_was_fitted_on():
     assert backtest["unique_id"].nunique() == stats["series"] == 4  # the series fitted, not those given
     plan = {"reason": "no folds", "origin_offsets_days": [], "horizon": 0}
     selection = pd.DataFrame(columns=["server_id", "metric", "model", "basis"])
-    board = rank_models(pd.DataFrame(), selection, plan, "mase", 0.8, 0.05, 0.65, summary)
+    shards = {"shards": 1, "servers": {"shard-1-of-1": 3}}
+    board = rank_models(
+        pd.DataFrame(), selection, plan, "mase", 0.8, 0.05, 0.65, shards, {"shard-1-of-1": summary}
+    )
     assert board["fitted_on"] == {"prophet": summary["fitted_on"]}

@@ -23,6 +23,8 @@ from capacity_forecaster.schema import METRICS
 from tests.models.sample_series import clean_tables
 
 H = 14
+ONE = {"shards": 1, "servers": {"shard-1-of-1": 1}}
+"""The shard plan of an unsharded run: the merge nodes take ``{shard name: data}`` of its one shard."""
 CALENDAR = {"country": "US", "month_end_business_days": 2, "quarter_end_business_days": 5}
 SMALL = {
     "seasonal_naive": {"residual_window": 70},
@@ -97,6 +99,10 @@ def test_short_history_plan_keeps_origins_a_week_apart():
     assert plan["independent_folds"] == 3
     too_short = plan_folds(30, 14, 5, 0.2, 35, 7, 3)
     assert too_short["origins"] == 0 and "no origin" in too_short["reason"]
+
+
+def _one(data):
+    return {"shard-1-of-1": data}
 
 
 def _node_args(kind: str, hyperparameters: dict, enabled: bool = True, metric_jobs: int = 1) -> dict:
@@ -190,22 +196,26 @@ def test_calibration_widens_a_too_narrow_interval_to_the_target():
     actuals = backtest[["unique_id", "ds"]].assign(
         y=50 + rng.normal(0, 4, len(backtest)), is_observed=True, server_id="a", archetype="web"
     )
-    calibrated, scales = calibrate_intervals(actuals, FOUR_FOLDS, True, 0.8, 100.0, 0.0, [], backtest)
+    calibrated, scales = calibrate_intervals(
+        actuals, FOUR_FOLDS, True, 0.8, 100.0, 0.0, [], ONE, _one(backtest)
+    )
     assert scales["scale"].iloc[0] > 3  # +-1 point was far too narrow for noise with sd 4
     inside = (calibrated["y"] >= calibrated["p10"]) & (calibrated["y"] <= calibrated["p90"])
     assert 0.7 < inside.mean() < 0.9  # cross-fitted: each fold is scaled by the other folds only
-    uncalibrated, ones = calibrate_intervals(actuals, FOUR_FOLDS, False, 0.8, 100.0, 0.0, [], backtest)
+    uncalibrated, ones = calibrate_intervals(
+        actuals, FOUR_FOLDS, False, 0.8, 100.0, 0.0, [], ONE, _one(backtest)
+    )
     assert (ones["scale"] == 1.0).all() and (uncalibrated["p90"] == 51.0).all()
 
 
 def test_one_window_never_rescales_an_interval_on_its_own():
     backtest, actuals = _toy_backtest(n=200, folds=2)  # two folds on the same 100 days: one window
     overlapping = {"origin_offsets_days": [15, 14], "horizon": 14}
-    _, shrunk = calibrate_intervals(actuals, overlapping, True, 0.8, 100.0, 1.0, [], backtest)
+    _, shrunk = calibrate_intervals(actuals, overlapping, True, 0.8, 100.0, 1.0, [], ONE, _one(backtest))
     raw = shrunk["raw_scale"].iloc[0]
     assert raw > 4  # the window alone says 4-5x
     assert shrunk["scale"].iloc[0] == pytest.approx(1 + (raw - 1) / 2)  # 1 independent fold vs 1 prior fold
-    _, capped = calibrate_intervals(actuals, overlapping, True, 0.8, 2.5, 1.0, [], backtest)
+    _, capped = calibrate_intervals(actuals, overlapping, True, 0.8, 2.5, 1.0, [], ONE, _one(backtest))
     assert capped["scale"].iloc[0] == 2.5
 
 
@@ -306,7 +316,14 @@ def test_assemble_flags_exactly_one_model_and_applies_scales():
     scales = pd.DataFrame({"model": ["prophet"], "metric": ["cpu_p95"], "scale": [2.0]})
     model_input = _model_input({"a": 40, "b": 35})
     out = assemble_forecasts(
-        model_input, selection, scales, [], 3, pd.concat(forecasts[:2]), pd.concat(forecasts[2:])
+        model_input,
+        selection,
+        scales,
+        [],
+        3,
+        ONE,
+        _one(pd.concat(forecasts[:2])),
+        _one(pd.concat(forecasts[2:])),
     )
     chosen = out[out["is_selected"]].groupby("server_id")["model"].unique().map(list).to_dict()
     assert chosen == {"a": ["prophet"], "b": ["seasonal_naive"]}  # b has no ensemble: the baseline
@@ -321,7 +338,7 @@ def test_a_late_server_gets_the_fallback_forecast_from_the_day_after_its_last_da
     model_input["y"] = 30.0 + np.arange(12) % 3
     selection = pd.DataFrame({"server_id": ["late"], "metric": ["cpu_p95"], "model": ["fallback"]})
     scales = pd.DataFrame(columns=["model", "metric", "scale"])
-    out = assemble_forecasts(model_input, selection, scales, [], 20)
+    out = assemble_forecasts(model_input, selection, scales, [], 20, ONE)
     assert len(out) == 20 and out["is_selected"].all() and (out["model"] == "fallback").all()
     assert out["date"].min() == model_input["ds"].max() + pd.Timedelta(days=1)
     assert (out["history_days"] == 12).all()
@@ -340,12 +357,16 @@ def test_ensemble_is_the_members_median_where_all_of_them_forecast():
     scales = pd.DataFrame(columns=["model", "metric", "scale"])
     model_input = _model_input({"a": 40}, days=40).assign(ds=lambda f: f["ds"] - pd.Timedelta(days=40))
     pair = ["prophet", "quantile_gbm"]
-    out = assemble_forecasts(model_input, selection, scales, pair, 2, one, two.iloc[:1], baseline)
+    out = assemble_forecasts(
+        model_input, selection, scales, pair, 2, ONE, *map(_one, (one, two.iloc[:1], baseline))
+    )
     ensemble = out[out["model"] == "ensemble"]
     assert len(ensemble) == 1 and ensemble["is_selected"].all()  # day 2 lacks quantile_gbm: no ensemble row
     assert ensemble[["p10", "p50", "p90"]].iloc[0].tolist() == [15.0, 30.0, 40.0]  # two members: the mean
     members = ["prophet", "quantile_gbm", "changepoint_regression"]
-    three_way = assemble_forecasts(model_input, selection, scales, members, 2, one, two, three, baseline)
+    three_way = assemble_forecasts(
+        model_input, selection, scales, members, 2, ONE, *map(_one, (one, two, three, baseline))
+    )
     median = three_way[three_way["model"] == "ensemble"][["p10", "p50", "p90"]].iloc[0].tolist()
     assert median == [10.0, 40.0, 50.0]  # the median member per quantile, not dragged to 90 by one member
 
@@ -363,16 +384,16 @@ def test_a_fleet_too_short_for_any_fold_is_still_forecast(model_input):
     args = _node_args("seasonal_naive", SMALL["seasonal_naive"])
     backtest, stats = backtest_forecaster(short, plan, **args)
     assert backtest.empty and stats["folds"] == 0
-    calibrated, scales = calibrate_intervals(short, plan, True, 0.8, 3.0, 1.0, [], backtest)
+    calibrated, scales = calibrate_intervals(short, plan, True, 0.8, 3.0, 1.0, [], ONE, _one(backtest))
     metrics = evaluate_backtests(calibrated, short, season_length=7, **CALENDAR)
     selection = select_models(metrics, short, plan, "mase", 0.8, 0.05, 0.65, 28)
     assert set(selection["basis"]) == {"no_backtest"}
     del args["backtest_folds"]
     fitted, _ = fit_forecaster(short, **args, horizon=H, min_history_days=28)
-    forecasts = assemble_forecasts(short, selection, scales, [], H, predict_forecaster(fitted, H))
+    forecasts = assemble_forecasts(short, selection, scales, [], H, ONE, _one(predict_forecaster(fitted, H)))
     selected = forecasts[forecasts["is_selected"]]
     assert set(selected["model"]) == {"seasonal_naive"} and len(selected) == H * short["unique_id"].nunique()
-    leaderboard = rank_models(metrics, selection, plan, "mase", 0.8, 0.05, 0.65, stats)
+    leaderboard = rank_models(metrics, selection, plan, "mase", 0.8, 0.05, 0.65, ONE, _one(stats))
     assert leaderboard["models"] == [] and leaderboard["backtest"]["reason"] == plan["reason"]
 
 

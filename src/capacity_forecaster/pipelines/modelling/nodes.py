@@ -6,11 +6,12 @@ models are fitted once per metric across all servers.
 
 import logging
 import time
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from joblib import Parallel, delayed
+from joblib import Parallel, cpu_count, delayed
 from sklearn.base import clone
 
 from capacity_forecaster.calendar import calendar_features
@@ -35,6 +36,16 @@ from capacity_forecaster.models.intervals import (
 )
 from capacity_forecaster.progress import track
 from capacity_forecaster.schema import METRICS, QUANTILES
+from capacity_forecaster.sharding import (
+    load_partition,
+    map_shards,
+    partitions_of_run,
+    partitions_to_run,
+    resolve_shard_count,
+    shard_name,
+    split_by_shard,
+    worker_count,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -151,6 +162,32 @@ def plan_backtest(  # noqa: PLR0913, PLR0917 (one argument per node input)
         plan["origins"], ", ".join(plan["origin_dates"]), plan["horizon"], plan["independent_folds"],
     )  # fmt: skip
     return plan
+
+
+def split_model_input(
+    model_input: pd.DataFrame, shards: int | str, servers_per_shard: int
+) -> tuple[dict[str, pd.DataFrame], dict[str, Any]]:
+    """Splits the model input into shards by a stable hash of ``server_id`` (``sharding.split_by_shard``).
+
+    Args:
+        model_input: Output of ``prepare_model_input``.
+        shards: ``params:modelling.shards``: the shard count K, or ``"auto"`` for one shard per
+            ``servers_per_shard`` servers.
+        servers_per_shard: ``params:modelling.servers_per_shard`` (used by ``"auto"``).
+
+    Returns:
+        ``{shard name: the shard's rows}`` (every shard, empty ones too; K = 1: the frame itself, no copy)
+        and the shard plan ``{"shards": K, "servers": {shard name: servers}}``.
+    """
+    servers = model_input["server_id"].nunique()
+    count = resolve_shard_count(shards, servers, servers_per_shard)
+    parts = {shard_name(1, 1): model_input} if count == 1 else split_by_shard(model_input, count)
+    plan = {
+        "shards": count,
+        "servers": {name: int(part["server_id"].nunique()) for name, part in parts.items()},
+    }
+    logger.info("Modelling %d servers in %d shard(s): %s", servers, count, plan["servers"])
+    return parts, plan
 
 
 def _make_forecaster(kind: str, hyperparameters: dict[str, Any], **shared: Any) -> BaseForecaster:
@@ -319,6 +356,164 @@ def predict_forecaster(forecaster: dict[str, BaseForecaster], horizon: int) -> p
     return pd.concat(parts, ignore_index=True)[_FORECAST_COLUMNS]
 
 
+def _cores_per_shard(enabled: bool, metric_jobs: int, hyperparameters: dict[str, Any] | None) -> int:
+    """Cores one shard's work keeps busy: ``metric_jobs`` metrics at once, each with the model's own
+    ``n_jobs`` / ``n_threads`` (-1: every core). A disabled model's shards are empty: all cores, so that
+    they run in-process without starting workers."""
+    settings = hyperparameters or {}
+    threads = [settings.get("n_jobs") or 1, settings.get("n_threads") or 1]
+    if not enabled or min(threads) < 0:
+        return cpu_count()
+    return max(1, metric_jobs) * max(threads)
+
+
+def _run_shards(  # noqa: PLR0913, PLR0917 (the shards, how to run them, then the per-shard function's args)
+    func: Callable[..., Any],
+    partitions: Mapping[str, Any],
+    shard_plan: dict[str, Any],
+    shard: int | None,
+    shard_workers: int | None,
+    cores_per_shard: int,
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """``func`` on every partition this run works on (``partitions_to_run``), keyed by shard name."""
+    chosen = partitions_to_run(partitions, shard_plan["shards"], shard)
+    workers = worker_count(len(chosen), cores_per_shard, shard_workers)
+    if len(chosen) > 1:
+        logger.info("%s on %d shards, %d at a time", func.__name__, len(chosen), workers)
+    return map_shards(func, chosen, workers, **kwargs)
+
+
+def backtest_shards(  # noqa: PLR0913 (one argument per node input)
+    model_input_shards: Mapping[str, Any],
+    shard_plan: dict[str, Any],
+    backtest_plan: dict[str, Any],
+    *,
+    shard: int | None,
+    shard_workers: int | None,
+    enabled: bool,
+    kind: str,
+    hyperparameters: dict[str, Any],
+    backtest_folds: int | None,
+    metric_jobs: int,
+    country: str,
+    month_end_business_days: int,
+    quarter_end_business_days: int,
+) -> tuple[dict[str, pd.DataFrame], dict[str, dict[str, Any]]]:
+    """``backtest_forecaster`` on each shard: every shard, or only ``shard``.
+
+    Args:
+        model_input_shards: Output of ``split_model_input`` (frames, or load callables of partitions).
+        shard_plan: Output of ``split_model_input`` (the shard count K).
+        backtest_plan: Output of ``plan_backtest`` (fleet-wide).
+        shard: ``params:modelling.shard``: None runs every shard, in parallel worker processes when the cores
+            allow; ``i`` runs shard ``i`` only (one SageMaker job per shard).
+        shard_workers: ``params:modelling.shard_workers``: most worker processes (None: the cores).
+        enabled, kind, hyperparameters, backtest_folds, metric_jobs, country, month_end_business_days,
+        quarter_end_business_days: as in ``backtest_forecaster``.
+
+    Returns:
+        The backtest forecasts and the timing stats, each ``{shard name: ...}``.
+    """
+    parts = _run_shards(
+        backtest_forecaster, model_input_shards, shard_plan, shard, shard_workers,
+        _cores_per_shard(enabled, metric_jobs, hyperparameters),
+        backtest_plan=backtest_plan, enabled=enabled, kind=kind, hyperparameters=hyperparameters,
+        backtest_folds=backtest_folds, metric_jobs=metric_jobs, country=country,
+        month_end_business_days=month_end_business_days, quarter_end_business_days=quarter_end_business_days,
+    )  # fmt: skip
+    return {name: out[0] for name, out in parts.items()}, {name: out[1] for name, out in parts.items()}
+
+
+def fit_shards(  # noqa: PLR0913 (one argument per node input)
+    model_input_shards: Mapping[str, Any],
+    shard_plan: dict[str, Any],
+    *,
+    shard: int | None,
+    shard_workers: int | None,
+    enabled: bool,
+    kind: str,
+    hyperparameters: dict[str, Any],
+    horizon: int,
+    metric_jobs: int,
+    min_history_days: int,
+    country: str,
+    month_end_business_days: int,
+    quarter_end_business_days: int,
+) -> tuple[dict[str, dict[str, BaseForecaster]], dict[str, dict[str, Any]]]:
+    """``fit_forecaster`` on each shard (``shard`` and ``shard_workers`` as in ``backtest_shards``).
+
+    Returns:
+        The fitted ``{metric: forecaster}`` and the fit summary, each ``{shard name: ...}``.
+    """
+    parts = _run_shards(
+        fit_forecaster, model_input_shards, shard_plan, shard, shard_workers,
+        _cores_per_shard(enabled, metric_jobs, hyperparameters),
+        enabled=enabled, kind=kind, hyperparameters=hyperparameters, horizon=horizon, metric_jobs=metric_jobs,
+        min_history_days=min_history_days, country=country, month_end_business_days=month_end_business_days,
+        quarter_end_business_days=quarter_end_business_days,
+    )  # fmt: skip
+    return {name: out[0] for name, out in parts.items()}, {name: out[1] for name, out in parts.items()}
+
+
+def predict_shards(  # noqa: PLR0913, PLR0917 (one argument per node input)
+    forecaster_shards: Mapping[str, Any],
+    shard_plan: dict[str, Any],
+    horizon: int,
+    shard: int | None,
+    shard_workers: int | None,
+    enabled: bool,
+    hyperparameters: dict[str, Any],
+) -> dict[str, pd.DataFrame]:
+    """``predict_forecaster`` on each shard's fitted models (``shard``, ``shard_workers`` as in
+    ``backtest_shards``; ``enabled`` and ``hyperparameters`` say how many cores a shard's predict uses).
+
+    Returns:
+        The forecasts, ``{shard name: frame}``.
+    """
+    return _run_shards(
+        predict_forecaster, forecaster_shards, shard_plan, shard, shard_workers,
+        _cores_per_shard(enabled, 1, hyperparameters), horizon=horizon,
+    )  # fmt: skip
+
+
+def _fleet_frame(partitions: Mapping[str, Any], shard_plan: dict[str, Any]) -> pd.DataFrame:
+    """One model's frames of every shard of the run (``partitions_of_run``), concatenated."""
+    frames = [load_partition(p) for p in partitions_of_run(partitions, shard_plan["shards"]).values()]
+    filled = [frame for frame in frames if len(frame)]
+    if len(filled) <= 1:
+        return filled[0] if filled else frames[0]
+    return pd.concat(filled, ignore_index=True)
+
+
+def _fleet_stats(partitions: Mapping[str, Any], shard_plan: dict[str, Any]) -> dict[str, Any]:
+    """One model's stats or summary of every shard of the run, combined: counts, seconds and per-key dicts
+    are summed, ``folds`` is the most any shard had and ``series_per_second`` is recomputed."""
+    parts = [load_partition(p) for p in partitions_of_run(partitions, shard_plan["shards"]).values()]
+    return parts[0] if len(parts) == 1 else _combine_stats(parts)
+
+
+def _combine_stats(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """Shards' stats combined key by key (see ``_fleet_stats``); other values: the first shard's."""
+    combined: dict[str, Any] = {}
+    for key in dict.fromkeys(k for part in parts for k in part):
+        values = [part[key] for part in parts if key in part]
+        if all(isinstance(v, dict) for v in values):
+            combined[key] = _combine_stats(values)
+        elif key == "folds":
+            combined[key] = max(values)
+        elif all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+            combined[key] = sum(values)
+        else:
+            combined[key] = values[0]
+    if {"series", "fit_seconds", "series_per_second"} <= set(combined):
+        seconds = combined["fit_seconds"] = round(combined["fit_seconds"], 3)
+        combined["series_per_second"] = (
+            round(combined["series"] / seconds, 3) if seconds > 0 else float("nan")
+        )
+    return combined
+
+
 def calibrate_intervals(  # noqa: PLR0913, PLR0917 (one argument per node input)
     model_input: pd.DataFrame,
     backtest_plan: dict[str, Any],
@@ -327,7 +522,8 @@ def calibrate_intervals(  # noqa: PLR0913, PLR0917 (one argument per node input)
     max_interval_scale: float,
     interval_prior_folds: float,
     ensemble_members: list[str],
-    *backtests: pd.DataFrame,
+    shard_plan: dict[str, Any],
+    *backtests: Mapping[str, Any],
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Scales each model's p10-p90 interval per metric to cover ``target_coverage`` of actuals.
 
@@ -348,13 +544,15 @@ def calibrate_intervals(  # noqa: PLR0913, PLR0917 (one argument per node input)
         interval_prior_folds: ``params:modelling.interval_prior_folds``: folds' worth of belief in scale 1.
         ensemble_members: ``params:modelling.ensemble_members``: models whose median is scored
             (and selectable) as the model ``ensemble`` on the folds they share; empty for none.
-        *backtests: Backtest forecasts of every model.
+        shard_plan: Output of ``split_model_input`` (the shard count K).
+        *backtests: Backtest forecasts of every model, ``{shard name: frame or load callable}`` (the K
+            shards of the run are concatenated; partitions of another K are ignored).
 
     Returns:
         The (cross-fitted) calibrated backtest forecasts with ``y`` and ``is_observed`` joined, and
         ``model, metric, scale, raw_scale`` for the final forecasts.
     """
-    frames = [b for b in backtests if len(b)]
+    frames = [b for b in (_fleet_frame(p, shard_plan) for p in backtests) if len(b)]
     columns = ["unique_id", "metric", "fold", "origin", "ds", "model", *QUANTILES, "y", "is_observed",
                "server_id", "archetype"]  # fmt: skip
     scale_columns = ["model", "metric", "horizon_week", "scale", "raw_scale"]
@@ -681,7 +879,8 @@ def rank_models(  # noqa: PLR0913, PLR0917 (one argument per node input)
     pooling: float,
     ensemble_margin: float,
     min_interval_coverage: float,
-    *model_stats: dict[str, Any],
+    shard_plan: dict[str, Any],
+    *model_stats: Mapping[str, Any],
 ) -> dict[str, Any]:
     """Builds the leaderboard: models by backtest MASE, with coverage and fit time, and what was adapted.
 
@@ -696,16 +895,18 @@ def rank_models(  # noqa: PLR0913, PLR0917 (one argument per node input)
         pooling: ``params:modelling.selection_pooling`` (see ``select_models``).
         ensemble_margin: ``params:modelling.ensemble_margin``.
         min_interval_coverage: ``params:modelling.min_interval_coverage``.
+        shard_plan: Output of ``split_model_input``, recorded as ``shards`` (K and servers per shard).
         *model_stats: Each model's backtest stats (``fit_seconds``, ``series_per_second``) and fit summary
-            (``seasonal_terms_off``).
+            (``seasonal_terms_off``), ``{shard name: stats}``; the shards' stats are added up.
 
     Returns:
         ``models, by_archetype, by_metric`` (records sorted by MASE; ``models`` also carries ``folds``,
         ``fit_seconds`` and ``series_per_second``), ``common_folds``, ``backtest`` (requested vs used origins
         and horizon, origin dates, reason), ``seasonal_terms_off`` (per model: series per term switched off),
-        ``fitted_on`` (per model: series and rows its final fit used, e.g. Prophet's ``max_series``) and
-        ``selection`` (series per selected model and per basis).
+        ``fitted_on`` (per model: series and rows its final fit used, e.g. Prophet's ``max_series``),
+        ``selection`` (series per selected model and per basis) and ``shards`` (K and servers per shard).
     """
+    model_stats = tuple(_fleet_stats(p, shard_plan) for p in model_stats)
     timing = {s["model"]: s for s in model_stats if "fit_seconds" in s}
     terms_off = {s["model"]: s["seasonal_terms_off"] for s in model_stats if "seasonal_terms_off" in s}
     fitted_on = {s["model"]: s["fitted_on"] for s in model_stats if "fitted_on" in s}
@@ -724,6 +925,7 @@ def rank_models(  # noqa: PLR0913, PLR0917 (one argument per node input)
             "models": model_selection["model"].value_counts().to_dict(),
             "basis": model_selection["basis"].value_counts().to_dict(),
         },
+        "shards": {"shards": shard_plan["shards"], "servers": dict(shard_plan["servers"])},
     }
     if model_metrics.empty:
         logger.warning("No backtest scores: the leaderboard only says why (%s)", backtest_plan["reason"])
@@ -764,13 +966,14 @@ _FALLBACK_ORDER = ("ensemble", "seasonal_naive", "fallback")
 """Models tried in turn for a series whose selected model has no forecast for it."""
 
 
-def assemble_forecasts(
+def assemble_forecasts(  # noqa: PLR0913, PLR0917 (one argument per node input)
     model_input: pd.DataFrame,
     model_selection: pd.DataFrame,
     interval_scales: pd.DataFrame,
     ensemble_members: list[str],
     horizon: int,
-    *forecasts: pd.DataFrame,
+    shard_plan: dict[str, Any],
+    *forecasts: Mapping[str, Any],
 ) -> pd.DataFrame:
     """Stacks every model's final forecast, applies the backtest interval scales and flags the selected model.
 
@@ -783,12 +986,15 @@ def assemble_forecasts(
         interval_scales: ``model, metric, scale`` from ``calibrate_intervals``.
         ensemble_members: ``params:modelling.ensemble_members`` (adds the ``ensemble`` model's forecast).
         horizon: ``params:horizon``.
-        *forecasts: Final forecasts of every model (``server_id, metric, date, model, p10, p50, p90``).
+        shard_plan: Output of ``split_model_input`` (the shard count K).
+        *forecasts: Final forecasts of every model (``server_id, metric, date, model, p10, p50, p90``),
+            ``{shard name: frame or load callable}``.
 
     Returns:
         ``server_id, metric, date, model, p10, p50, p90, is_selected, history_days`` with exactly one
         selected model per server and metric, starting the day after the series' last clean day.
     """
+    forecasts = tuple(_fleet_frame(p, shard_plan) for p in forecasts)
     frame = pd.concat([f for f in forecasts if len(f)] or [pd.DataFrame(columns=_FORECAST_COLUMNS)],
                       ignore_index=True)  # fmt: skip
     series = model_input.groupby("unique_id", sort=True)[["server_id", "metric", "history_days"]].first()

@@ -1,4 +1,5 @@
-"""modelling pipeline: backtest/fit/predict per model (one namespace each), then scoring."""
+"""modelling pipeline: split the fleet into shards, backtest/fit/predict per model (one namespace each, shard
+by shard), then the fleet-wide merge: calibration, scoring, selection, ensemble and leaderboard."""
 
 from kedro.pipeline import Node, Pipeline
 
@@ -6,16 +7,17 @@ from capacity_forecaster.pipelines import CALENDAR_PARAMS
 
 from .nodes import (
     assemble_forecasts,
-    backtest_forecaster,
+    backtest_shards,
     calibrate_intervals,
     collect_backtest_forecasts,
     evaluate_backtests,
-    fit_forecaster,
+    fit_shards,
     plan_backtest,
-    predict_forecaster,
+    predict_shards,
     prepare_model_input,
     rank_models,
     select_models,
+    split_model_input,
 )
 
 MODELS: tuple[str, ...] = (
@@ -30,10 +32,17 @@ MODELS: tuple[str, ...] = (
 
 
 def _model_pipeline(model: str) -> Pipeline:
-    """backtest_forecaster -> fit_forecaster -> predict_forecaster for one model, in namespace ``model``."""
+    """backtest -> fit -> predict for one model, in namespace ``model``, shard by shard.
+
+    Every node takes ``model_input_shards`` and writes ``{shard name: ...}`` outputs; all carry the tag
+    ``sharded`` (the SageMaker runner runs one job per shard with ``modelling.shard=i``).
+    """
     p = f"params:modelling.{model}."
     spec = {
-        "model_input": "model_input",
+        "model_input_shards": "model_input_shards",
+        "shard_plan": "shard_plan",
+        "shard": "params:modelling.shard",
+        "shard_workers": "params:modelling.shard_workers",
         "enabled": f"{p}enabled",
         "kind": f"{p}kind",
         "hyperparameters": f"{p}hyperparameters",
@@ -43,42 +52,51 @@ def _model_pipeline(model: str) -> Pipeline:
     return Pipeline(
         [
             Node(
-                func=backtest_forecaster,
+                func=backtest_shards,
                 inputs={
                     **spec,
                     "backtest_plan": "backtest_plan",
                     "backtest_folds": f"{p}backtest_folds",
                 },
                 outputs=[f"{model}_backtest", f"{model}_backtest_stats"],
-                name="backtest_forecaster_node",
+                name="backtest_shards_node",
             ),
             Node(
-                func=fit_forecaster,
+                func=fit_shards,
                 inputs={
                     **spec,
                     "horizon": "params:horizon",
                     "min_history_days": "params:modelling.min_history_days",
                 },
                 outputs=[f"{model}_forecaster", f"{model}_fit_summary"],
-                name="fit_forecaster_node",
+                name="fit_shards_node",
             ),
             Node(
-                func=predict_forecaster,
-                inputs=[f"{model}_forecaster", "params:horizon"],
+                func=predict_shards,
+                inputs=[
+                    f"{model}_forecaster",
+                    "shard_plan",
+                    "params:horizon",
+                    "params:modelling.shard",
+                    "params:modelling.shard_workers",
+                    f"{p}enabled",
+                    f"{p}hyperparameters",
+                ],
                 outputs=f"{model}_forecast",
-                name="predict_forecaster_node",
+                name="predict_shards_node",
             ),
         ],
         namespace=model,
         prefix_datasets_with_namespace=False,
-        tags=["modelling", model],
+        tags=["modelling", model, "sharded"],
     )
 
 
 def create_pipeline(**kwargs) -> Pipeline:
     """Builds the modelling pipeline: input prep, one namespace per model, then evaluation and selection.
 
-    Namespaces ``model_input`` -> one per model -> ``modelling`` are the job groups of the SageMaker runner.
+    Namespaces ``model_input`` -> one per model -> ``modelling`` are the job groups of the SageMaker runner;
+    the per-model groups are tagged ``sharded`` (one job per shard, ``modelling.shard=i``).
     """
     model_input = Pipeline(
         [
@@ -102,6 +120,12 @@ def create_pipeline(**kwargs) -> Pipeline:
                 outputs="backtest_plan",
                 name="plan_backtest_node",
             ),
+            Node(
+                func=split_model_input,
+                inputs=["model_input", "params:modelling.shards", "params:modelling.servers_per_shard"],
+                outputs=["model_input_shards", "shard_plan"],
+                name="split_model_input_node",
+            ),
         ],
         namespace="model_input",
         prefix_datasets_with_namespace=False,
@@ -119,6 +143,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "params:modelling.max_interval_scale",
                     "params:modelling.interval_prior_folds",
                     "params:modelling.ensemble_members",
+                    "shard_plan",
                     *[f"{m}_backtest" for m in MODELS],
                 ],  # fmt: skip
                 outputs=["calibrated_backtest", "interval_scales"],
@@ -160,6 +185,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "params:modelling.selection_pooling",
                     "params:modelling.ensemble_margin",
                     "params:modelling.min_interval_coverage",
+                    "shard_plan",
                     *[f"{m}_backtest_stats" for m in MODELS],
                     *[f"{m}_fit_summary" for m in MODELS],
                 ],  # fmt: skip
@@ -174,6 +200,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "interval_scales",
                     "params:modelling.ensemble_members",
                     "params:horizon",
+                    "shard_plan",
                     *[f"{m}_forecast" for m in MODELS],
                 ],
                 outputs="forecasts",
