@@ -19,9 +19,8 @@ the issue's targets (10,000 servers < 15 min and < 8 GB, 1,000 servers < 6 min, 
 (b) 100,000 servers as a plan on K shards (``--shards``, ``--plan-servers``):
   1. the SageMaker runner's dry run (``kedro run --env cloud --runner-params dry_run=true --params
      modelling.shards=K``) against a local moto server (fake credentials and bucket; nothing leaves the
-     machine): the job list with dependencies. Shard jobs are the groups named ``<group>-shard-<i>-of-<K>``;
-     when the runner plans none (a branch without shard jobs), it says so and the projection assumes the
-     sharding contract (docs: the per-model namespaces are sharded, the ``modelling`` merge is not);
+     machine): the job list with dependencies. Shard jobs are the groups named ``<group>-shard-<i>-of-<K>``
+     (the per-model namespaces, tag ``sharded``); the ``modelling`` merge and other stages are one job each;
   2. one shard of 100,000/K servers timed here, every stage (or (a)'s run of that size, reused);
   3. the projected wall time and cost on K instances of ``--instance-type`` (price table below): a sharded
      group's job runs one shard (the shard's time of its nodes); any other job runs the whole fleet (the
@@ -52,15 +51,6 @@ STAGES = ("data_generation", "etl", "modelling", "risk_analysis", "canvas", "rep
 REFERENCE_SERVERS = 120
 TARGETS = {10_000: (15 * 60, 8.0), 1_000: (6 * 60, None)}  # servers: (wall s, peak GB)
 MASE_TOLERANCE = 0.03
-CONTRACT_SHARDED = (
-    "seasonal_naive",
-    "prophet",
-    "random_forest",
-    "gradient_boosting",
-    "quantile_gbm",
-    "changepoint_regression",
-)
-"""Job groups the sharding contract splits by server (SHARDING.md), used when the dry run plans no shards."""
 
 PRICE_DATE = "2025-01"
 SAGEMAKER_PROCESSING_PRICES = {  # instance type: (vCPUs, memory GiB, USD per hour), us-east-1, on-demand
@@ -93,17 +83,6 @@ _SHARD_GROUP = re.compile(r"^(?P<group>.+)-shard-(?P<i>\d+)-of-(?P<k>\d+)$")
 
 def _yes(passed: bool) -> str:
     return "yes" if passed else "NO"
-
-
-def _job(group: str, base: str, instance_type: str, depends_on: list[str]) -> dict:
-    return {
-        "group": group,
-        "base": base,
-        "sharded": group != base,
-        "instance_type": instance_type,
-        "instance_count": 1,
-        "depends_on": depends_on,
-    }
 
 
 # (a) running stages ----------------------------------------------------------------------------------------
@@ -315,29 +294,6 @@ def job_groups(planned: list[dict]) -> list[dict]:
     return jobs
 
 
-def contract_jobs(shards: int, instance_type: str, measured: dict[str, float]) -> list[dict]:
-    """The job list the sharding contract implies, for a runner that plans no shard jobs yet."""
-    order = ["data_generation", "etl", "model_input", *CONTRACT_SHARDED, "modelling"]
-    order += ["risk_analysis", "canvas", "reporting"]
-    before = {"etl": ["data_generation"], "model_input": ["etl"], "modelling": ["model_input"]}
-    before |= {"risk_analysis": ["modelling"], "canvas": ["modelling"], "reporting": ["risk_analysis"]}
-    jobs = []
-    for group in order:
-        if group in CONTRACT_SHARDED and group not in measured:
-            continue  # a model that is off in this configuration
-        if group in CONTRACT_SHARDED:
-            jobs += [
-                _job(f"{group}-shard-{i}-of-{shards}", group, instance_type, ["model_input"])
-                for i in range(1, shards + 1)
-            ]
-            continue
-        depends = before.get(group, [])
-        if group == "modelling":
-            depends = [j["group"] for j in jobs if j["sharded"]] + depends
-        jobs.append(_job(group, group, instance_type, depends))
-    return jobs
-
-
 def group_seconds(run: dict) -> dict[str, float]:
     """Seconds per job group (node namespace; the stage name for nodes without one) in one fleet run."""
     seconds: dict[str, float] = {}
@@ -422,31 +378,19 @@ def run_plan(args: argparse.Namespace, runs: list[dict], work_dir: Path) -> dict
     shards, servers = args.shards, args.plan_servers
     per_shard = math.ceil(servers / shards)
     print(f"\n(b) {servers:,} servers on {shards} shards of ~{per_shard:,} servers")
-    try:
-        jobs = job_groups(dry_run_jobs(shards, servers, args.instance_type, args.params, work_dir))
-    except (ImportError, RuntimeError, ValueError) as error:
-        print(f"  dry run unavailable: {error}")
-        jobs = []
-    if jobs:
-        print(f"  dry run: {len(jobs)} Processing jobs (group <- dependencies):")
-        for job in jobs:
-            needs = ", ".join(job["depends_on"]) or "-"
-            print(f"    {job['group']:36s} {job['instance_type']} x{job['instance_count']}  <- {needs}")
+    jobs = job_groups(dry_run_jobs(shards, servers, args.instance_type, args.params, work_dir))
+    if not any(job["sharded"] for job in jobs):
+        raise SystemExit(f"the dry run planned no `-shard-<i>-of-{shards}` jobs: nothing to project")
+    print(f"  dry run: {len(jobs)} Processing jobs (group <- dependencies):")
+    for job in jobs:
+        needs = ", ".join(job["depends_on"]) or "-"
+        print(f"    {job['group']:36s} {job['instance_type']} x{job['instance_count']}  <- {needs}")
     shard_run = next((r for r in runs if r["servers"] == per_shard and r["params"] == args.params), None)
     if shard_run:
         print(f"  one shard: reusing the {per_shard:,}-server run of (a)")
     else:
         shard_run = run_fleet(per_shard, work_dir, args.params)
         runs.append(shard_run)
-    if jobs and not any(job["sharded"] for job in jobs):
-        print(
-            f"  NOTE: the runner on this branch planned no `-shard-<i>-of-{shards}` jobs (modelling.shards "
-            "is not implemented here yet): each namespace is one job on the whole fleet. The projection "
-            "below assumes the sharding contract instead (per-model namespaces sharded, the merge not)."
-        )
-        jobs = []
-    if not jobs:
-        jobs = contract_jobs(shards, args.instance_type, group_seconds(shard_run))
     project(jobs, shard_run, shards, args)
     return {"shards": shards, "servers": servers, "jobs": jobs}
 

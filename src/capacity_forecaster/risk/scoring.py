@@ -92,14 +92,11 @@ def _observed(clean: pd.DataFrame) -> pd.DataFrame:
     return clean.loc[keep]
 
 
-def count_recent_days(
-    clean: pd.DataFrame, keys: pd.DataFrame, last_day: int, window_days: int, thresholds: dict[str, float]
-) -> dict[str, np.ndarray]:
-    """Observed days above each threshold in the ``window_days`` days up to day number ``last_day``.
-
-    Returns:
-        Per threshold label, the count for each row of ``keys`` (``server_id``, ``metric``).
-    """
+def _window_rows(
+    clean: pd.DataFrame, keys: pd.DataFrame, last_day: int, window_days: int
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """Observed rows of ``keys``' series in the ``window_days`` days up to day number ``last_day``, and the
+    row of ``keys`` (``server_id``, ``metric``) each belongs to."""
     first, last = dates_of(np.array([last_day - window_days + 1, last_day]))
     dates = pd.to_datetime(clean["date"])
     recent = _observed(clean.loc[(dates >= first) & (dates < last + pd.Timedelta(days=1))])
@@ -108,9 +105,21 @@ def count_recent_days(
         pd.MultiIndex.from_arrays([recent["server_id"].astype("str"), recent["metric"].astype("str")])
     )
     inside = position >= 0
-    values = recent["value"].to_numpy(float)[inside]
+    return recent.loc[inside], position[inside]
+
+
+def count_recent_days(
+    clean: pd.DataFrame, keys: pd.DataFrame, last_day: int, window_days: int, thresholds: dict[str, float]
+) -> dict[str, np.ndarray]:
+    """Observed days above each threshold in the ``window_days`` days up to day number ``last_day``.
+
+    Returns:
+        Per threshold label, the count for each row of ``keys`` (``server_id``, ``metric``).
+    """
+    recent, position = _window_rows(clean, keys, last_day, window_days)
+    values = recent["value"].to_numpy(float)
     return {
-        label: recent_days_above(values, position[inside], len(keys), threshold)
+        label: recent_days_above(values, position, len(keys), threshold)
         for label, threshold in thresholds.items()
     }
 
@@ -132,16 +141,8 @@ def count_recent_episodes(  # noqa: PLR0913, PLR0917 - the window, then the rule
         Per threshold label, the episodes of each row of ``keys`` (``server_id``, ``metric``), and the
         observed days of each row in the window.
     """
-    first, last = dates_of(np.array([last_day - window_days + 1, last_day]))
-    dates = pd.to_datetime(clean["date"])
-    recent = _observed(clean.loc[(dates >= first) & (dates < last + pd.Timedelta(days=1))])
-    index = pd.MultiIndex.from_frame(keys[["server_id", "metric"]].astype("str"))
-    position = index.get_indexer(
-        pd.MultiIndex.from_arrays([recent["server_id"].astype("str"), recent["metric"].astype("str")])
-    )
-    inside = position >= 0
-    position, day = position[inside], day_numbers(recent["date"])[inside]
-    values = recent["value"].to_numpy(float)[inside]
+    recent, position = _window_rows(clean, keys, last_day, window_days)
+    day, values = day_numbers(recent["date"]), recent["value"].to_numpy(float)
     order = np.lexsort((day, position))
     position, day, values = position[order], day[order], values[order]
     observed = np.bincount(position, minlength=len(keys))
