@@ -40,7 +40,13 @@ from capacity_forecaster.runner.constants import (
 from capacity_forecaster.sharding import shard_name
 
 PROJECT_TAG = "capacity-forecaster"
-_SHARD_SUFFIX = re.compile(r"-shard-\d+-of-\d+(-retry-\d+)?$")
+_SHARD_SUFFIX = re.compile(r"(?P<head>.*?)(?P<suffix>-shard-\d+-of-\d+(-retry-\d+)?)?")
+
+
+def _split_shard_suffix(name: str) -> tuple[str, str]:
+    """``name`` without and with only its ``-shard-<i>-of-<K>[-retry-<n>]`` ending ("" when it has none)."""
+    match = _SHARD_SUFFIX.fullmatch(name)
+    return match["head"], match["suffix"] or ""
 
 
 class GroupingError(ValueError):
@@ -155,9 +161,7 @@ def job_name(run_id: str, group: str, force_hash: bool = False) -> str:
     A name that is too long is cut and ends with a hash of the full name, so it stays unique; a shard
     group's ``-shard-<i>-of-<K>`` survives the cut (the hash comes before it).
     """
-    match = _SHARD_SUFFIX.search(group)
-    suffix = match.group(0) if match else ""
-    origin = group[: len(group) - len(suffix)]
+    origin, suffix = _split_shard_suffix(group)
     return _fit_name(sanitize(f"cf-{run_id}-{origin}"), suffix, f"{run_id}/{origin}", force_hash)
 
 
@@ -177,9 +181,7 @@ def job_names(run_id: str, groups: Iterable[str]) -> dict[str, str]:
 def retry_job_name(name: str, attempt: int) -> str:
     """The name of a shard job's ``attempt``-th retry (SageMaker never reuses a name):
     ``<name>-retry-<attempt>``, cut like ``job_name`` so that the shard part stays."""
-    match = _SHARD_SUFFIX.search(name)
-    suffix = match.group(0) if match else ""
-    head = name[: len(name) - len(suffix)]
+    head, suffix = _split_shard_suffix(name)
     return _fit_name(head, re.sub(r"-retry-\d+$", "", suffix) + f"-retry-{attempt}", name)
 
 
