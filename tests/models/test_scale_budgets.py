@@ -15,11 +15,14 @@ from capacity_forecaster.models.base import budget_series, check_long_frame
 from capacity_forecaster.pipelines.modelling.nodes import (
     backtest_forecaster,
     fit_forecaster,
+    fit_shards,
     plan_backtest,
     prepare_model_input,
     rank_models,
     select_models,
+    split_model_input,
 )
+from capacity_forecaster.schema import METRICS
 from tests.models.sample_series import clean_tables, long_frame
 
 
@@ -199,3 +202,72 @@ def test_the_leaderboard_records_what_a_budgeted_model_was_fitted_on():
         pd.DataFrame(), selection, plan, "mase", 0.8, 0.05, 0.65, shards, {"shard-1-of-1": summary}
     )
     assert board["fitted_on"] == {"prophet": summary["fitted_on"]}
+
+
+def test_model_input_is_categorical_and_fills_each_series_on_its_own():
+    clean, inventory = clean_tables(n_servers=3, days=60)
+    clean = clean.sample(frac=1.0, random_state=0)  # row order must not matter
+    late = (clean["server_id"] == "srv-0002") & (clean["date"] < "2023-01-20")
+    clean.loc[late, "value"] = np.nan  # onboarded late: the series starts on its first clean day
+    clean.loc[(clean["server_id"] == "srv-0001") & (clean["metric"] == "disk_io_p95"), "value"] = np.nan
+    imputed = (clean["server_id"] == "srv-0000") & (clean["metric"] == "memory_p95") & (
+        clean["date"] == "2023-01-10"
+    )
+    clean.loc[imputed, "is_imputed"] = True
+    model_input = prepare_model_input(clean, inventory)
+    for column in ("unique_id", "server_id", "metric", "archetype"):
+        assert isinstance(model_input[column].dtype, pd.CategoricalDtype)
+    assert "srv-0001|disk_io_p95" not in set(model_input["unique_id"])  # no clean value: dropped
+    expected = clean.assign(unique_id=clean["server_id"] + "|" + clean["metric"])
+    for uid, series in expected.sort_values(["unique_id", "date"]).groupby("unique_id"):
+        clean_days = series.loc[series["value"].notna() & ~series["is_imputed"], "date"]
+        if clean_days.empty:
+            continue
+        rows = series[series["date"].between(clean_days.min(), clean_days.max())]
+        got = model_input[model_input["unique_id"] == uid]
+        assert got["ds"].tolist() == rows["date"].tolist()
+        np.testing.assert_allclose(got["y"], rows["value"].interpolate(limit_direction="both"))
+        assert (got["history_days"] == len(clean_days)).all()
+        assert got["is_observed"].tolist() == rows["value"].notna().tolist()
+    assert model_input.groupby("unique_id", observed=True)["ds"].min()["srv-0002|cpu_p95"] == pd.Timestamp(
+        "2023-01-20"
+    )
+
+
+def test_a_large_fleet_backtests_a_stable_sample_and_the_rest_gets_its_group_choice():
+    clean, inventory = clean_tables(n_servers=6, days=150)
+    model_input = prepare_model_input(clean, inventory)
+    plan = plan_backtest(model_input, 7, 2, 0.2, 35, 7, 1, max_servers=4)
+    assert plan["fleet_servers"] == 6 and len(plan["servers"]) == 4 == len(set(plan["servers"]))
+    reordered = prepare_model_input(clean.iloc[::-1], inventory)
+    assert plan_backtest(reordered, 7, 2, 0.2, 35, 7, 1, max_servers=4)["servers"] == plan["servers"]
+    assert plan_backtest(model_input, 7, 2, 0.2, 35, 7, 1, max_servers=6)["servers"] is None
+    calendar = {"country": "US", "month_end_business_days": 2, "quarter_end_business_days": 5}
+    backtest, _ = backtest_forecaster(
+        model_input, plan, enabled=True, kind="seasonal_naive", hyperparameters={}, backtest_folds=None,
+        metric_jobs=1, **calendar,
+    )  # fmt: skip
+    assert set(backtest["unique_id"].str.split("|").str[0]) == set(plan["servers"])
+    metrics = backtest.assign(server_id=backtest["unique_id"].str.split("|").str[0]).merge(
+        inventory[["server_id", "archetype"]]
+    )[["server_id", "metric", "archetype", "model", "fold"]].drop_duplicates().assign(mase=1.0, coverage=0.8)
+    chosen = select_models(metrics, model_input, plan, "mase", 0.8, 0.05, 0.65, 28)
+    assert len(chosen) == model_input["unique_id"].nunique()
+    basis = chosen.groupby("server_id")["basis"].agg(set)
+    assert all(basis[s] == {"backtest"} for s in plan["servers"])
+    assert all(basis[s] <= {"group", "no_backtest"} for s in set(basis.index) - set(plan["servers"]))
+
+
+def test_a_series_budget_is_fleet_wide_however_the_fleet_is_sharded():
+    clean, inventory = clean_tables(n_servers=8, days=80)  # 4 servers in each of 2 shards
+    model_input = prepare_model_input(clean, inventory)
+    calendar = {"country": "US", "month_end_business_days": 2, "quarter_end_business_days": 5}
+    settings = {"yearly_seasonality": False, "fit_window_days": 60, "n_jobs": 1, "max_series": 2}
+    for shards in (1, 2):
+        parts, shard_plan = split_model_input(model_input, shards, 2500)
+        _, summaries = fit_shards(
+            parts, shard_plan, shard=None, shard_workers=1, enabled=True, kind="prophet",
+            hyperparameters=settings, horizon=7, metric_jobs=1, min_history_days=28, **calendar,
+        )  # fmt: skip
+        fitted = sum(s.get("fitted_on", {}).get("series", 0) for s in summaries.values())
+        assert fitted == 2 * len(METRICS)  # 2 series per metric across the fleet, split over the shards

@@ -7,6 +7,8 @@ own last weeks, and a series too short for a fold (fewer than ``min_train_days``
 that fold out.
 """
 
+import zlib
+
 import numpy as np
 import pandas as pd
 
@@ -173,3 +175,18 @@ def choose_models(
     table = table.assign(_rank=table[expected] * handicap)
     table = table.sort_values(["server_id", "metric", "_rank", "model"], kind="stable")
     return table.drop_duplicates(["server_id", "metric"]).drop(columns="_rank").reset_index(drop=True)
+
+
+def sample_servers(server_ids: pd.Index, max_servers: int | None) -> list[str] | None:
+    """A stable sample of at most ``max_servers`` server ids (sorted), or None when the fleet fits.
+
+    Servers are ranked by the CRC-32 of ``"backtest:" + id`` (independent of the shard hash, the same in
+    every run and on every machine), so the sample spreads over archetypes and shards like the fleet does.
+    """
+    if max_servers is not None and max_servers < 1:
+        raise ValueError(f"backtest max_servers must be >= 1 or null, got {max_servers}")
+    if max_servers is None or len(server_ids) <= max_servers:
+        return None
+    ids = pd.Index(server_ids).astype(str)
+    rank = np.fromiter((zlib.crc32(f"backtest:{i}".encode()) for i in ids), dtype="int64", count=len(ids))
+    return sorted(ids[np.lexsort((ids.to_numpy(), rank))[:max_servers]])

@@ -5,6 +5,7 @@ models are fitted once per metric across all servers.
 """
 
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -23,6 +24,7 @@ from capacity_forecaster.models.backtest import (
     independent_folds,
     plan_folds,
     recent_folds,
+    sample_servers,
     weighted_quantile,
 )
 from capacity_forecaster.models.base import QUANTILE_LEVELS
@@ -73,55 +75,105 @@ def prepare_model_input(clean_server_metrics: pd.DataFrame, server_inventory: pd
     late starts late and a server that stopped reporting ends early, so its forecast starts the day after
     its own last clean day (``capacity_forecaster.freshness`` decides elsewhere whether it is stale).
 
+    The text columns are categorical (categories sorted): at 10,000 servers the frame has ~60 M rows, and
+    every backtest fold filters and groups it; integer codes keep that linear and the frame ~2 GB.
+
     Args:
         clean_server_metrics: ``server_id, metric, date, value[, is_imputed]`` (daily calendar; NaN in gaps).
         server_inventory: ``server_id, archetype`` (+ other columns, unused).
 
     Returns:
-        ``unique_id, server_id, metric, archetype, ds, y, is_observed, history_days``: ``y`` is ``value`` with
-        NaN gaps linearly interpolated, ``is_observed`` is False where ``value`` was NaN (never scored) and
-        ``history_days`` counts the series' observed days.
+        ``unique_id, server_id, metric, archetype, ds, y, is_observed, history_days`` sorted by server, metric
+        and day: ``y`` is ``value`` with NaN gaps linearly interpolated, ``is_observed`` is False where
+        ``value`` was NaN (never scored) and ``history_days`` counts the series' observed days.
     """
     missing = {"server_id", "metric", "date", "value"} - set(clean_server_metrics.columns)
     if missing:
         raise ValueError(f"clean_server_metrics is missing columns {sorted(missing)}")
-    unknown = set(clean_server_metrics["metric"].astype(str)) - set(METRICS)
+    server_codes, servers = pd.factorize(clean_server_metrics["server_id"].astype(str), sort=True)
+    metric_codes, metrics = pd.factorize(clean_server_metrics["metric"].astype(str), sort=True)
+    unknown = set(metrics) - set(METRICS)
     if unknown:
         raise ValueError(f"clean_server_metrics has unknown metrics {sorted(unknown)}; expected {METRICS}")
-    imputed = (
-        clean_server_metrics["is_imputed"].astype(bool).to_numpy()
-        if "is_imputed" in clean_server_metrics
-        else np.zeros(len(clean_server_metrics), dtype=bool)
-    )
-    frame = pd.DataFrame(
-        {
-            "server_id": clean_server_metrics["server_id"].astype(str).to_numpy(),
-            "metric": clean_server_metrics["metric"].astype(str).to_numpy(),
-            "ds": pd.to_datetime(clean_server_metrics["date"]).dt.normalize().to_numpy(),
-            "value": clean_server_metrics["value"].astype("float64").to_numpy(),
-            "clean": clean_server_metrics["value"].notna().to_numpy() & ~imputed,
-        }
-    ).sort_values(["server_id", "metric", "ds"], ignore_index=True)
-    frame["unique_id"] = frame["server_id"] + _SEPARATOR + frame["metric"]
-    clean_days = frame["ds"].where(frame["clean"])
-    by_series = clean_days.groupby(frame["unique_id"], sort=False)
-    empty = frame.loc[by_series.transform("count") == 0, "unique_id"].unique()
+    days = pd.to_datetime(clean_server_metrics["date"]).dt.normalize().to_numpy()
+    value = clean_server_metrics["value"].to_numpy(dtype="float64")
+    clean = ~np.isnan(value)
+    if "is_imputed" in clean_server_metrics:
+        clean &= ~clean_server_metrics["is_imputed"].to_numpy(dtype=bool)
+    series = server_codes.astype("int64") * len(metrics) + metric_codes
+    order = np.lexsort((days, series))
+    series, days, value, clean = series[order], days[order], value[order], clean[order]
+    clean_days = pd.Series(np.where(clean, days, np.datetime64("NaT"))).groupby(series, sort=False)
+    first, last = clean_days.transform("min").to_numpy(), clean_days.transform("max").to_numpy()
+    empty = np.unique(series[np.isnat(first)])
     if len(empty):
-        logger.warning("Dropping %d series without any clean value: %s", len(empty), list(empty[:5]))
-    inside = (frame["ds"] >= by_series.transform("min")) & (frame["ds"] <= by_series.transform("max"))
-    frame = frame[inside].reset_index(drop=True)
+        names = [f"{servers[s // len(metrics)]}{_SEPARATOR}{metrics[s % len(metrics)]}" for s in empty[:5]]
+        logger.warning("Dropping %d series without any clean value: %s", len(empty), names)
+    inside = (days >= first) & (days <= last)  # NaT compares False: empty series drop out
+    series, days, value, clean = series[inside], days[inside], value[inside], clean[inside]
+    present, series_codes = np.unique(series, return_inverse=True)
+    series_servers, series_metrics = present // len(metrics), present % len(metrics)
+    ids = pd.Index(servers[series_servers] + _SEPARATOR + metrics[series_metrics])
     archetypes = server_inventory.assign(server_id=server_inventory["server_id"].astype(str)).set_index(
         "server_id"
-    )["archetype"]
-    frame["archetype"] = frame["server_id"].map(archetypes).astype("string").fillna("unknown").astype(str)
-    frame["is_observed"] = frame["value"].notna()
-    frame["y"] = frame.groupby("unique_id", sort=False)["value"].transform(
-        lambda s: s.interpolate(limit_direction="both")
+    )["archetype"].astype(str)
+    server_archetype = pd.Index(servers).map(archetypes).fillna("unknown").astype(str)
+    archetype_codes, archetype_names = pd.factorize(server_archetype, sort=True)
+    frame = pd.DataFrame(
+        {
+            "unique_id": _categorical(series_codes, ids),
+            "server_id": pd.Categorical.from_codes(series_servers[series_codes], categories=servers),
+            "metric": pd.Categorical.from_codes(series_metrics[series_codes], categories=metrics),
+            "archetype": pd.Categorical.from_codes(
+                archetype_codes[series_servers[series_codes]], categories=archetype_names
+            ),
+            "ds": days,
+            "y": _interpolate_inside(value),
+            "is_observed": ~np.isnan(value),
+            "history_days": np.bincount(series_codes, weights=clean).astype("int32")[series_codes],
+        }
     )
-    frame["history_days"] = frame.groupby("unique_id", sort=False)["clean"].transform("sum").astype("int64")
-    logger.info("Model input: %d series, %d rows", frame["unique_id"].nunique(), len(frame))
-    columns = ["unique_id", "server_id", "metric", "archetype", "ds", "y", "is_observed", "history_days"]
-    return frame[columns]
+    logger.info("Model input: %d series, %d rows", len(ids), len(frame))
+    return frame
+
+
+def _categorical(codes: np.ndarray, names: pd.Index) -> pd.Categorical:
+    """``names[codes]`` as a categorical whose categories are sorted (groupbys then sort as on the text)."""
+    rank = np.empty(len(names), dtype="int64")
+    rank[names.argsort(kind="stable")] = np.arange(len(names))
+    return pd.Categorical.from_codes(rank[codes], categories=names.sort_values())
+
+
+def _interpolate_inside(value: np.ndarray) -> np.ndarray:
+    """Fills NaN linearly between the nearest observed values (rows are series after series, each series
+    starting and ending on an observed value, so a fill never reaches across two series)."""
+    observed = ~np.isnan(value)
+    if observed.all():
+        return value
+    position = np.arange(len(value))
+    before = np.maximum.accumulate(np.where(observed, position, -1))
+    after = np.minimum.accumulate(np.where(observed, position, len(value))[::-1])[::-1]
+    gap = ~observed
+    share = (position[gap] - before[gap]) / (after[gap] - before[gap])
+    filled = value.copy()
+    filled[gap] = value[before[gap]] + share * (value[after[gap]] - value[before[gap]])
+    return filled
+
+
+def _as_text(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with its categorical columns as plain strings (to join with the models' outputs)."""
+    categorical = [c for c in frame.columns if isinstance(frame[c].dtype, pd.CategoricalDtype)]
+    return frame.astype(dict.fromkeys(categorical, "str")) if categorical else frame
+
+
+def _series_table(model_input: pd.DataFrame) -> pd.DataFrame:
+    """One row per series (sorted by ``unique_id``): ``unique_id, server_id, metric, archetype,
+    history_days`` (text columns as plain strings)."""
+    series = model_input.groupby("unique_id", sort=True, observed=True).agg(
+        server_id=("server_id", "first"), metric=("metric", "first"), archetype=("archetype", "first"),
+        history_days=("history_days", "first"),
+    )  # fmt: skip
+    return _as_text(series.reset_index()).astype({"history_days": "int64"})
 
 
 def plan_backtest(  # noqa: PLR0913, PLR0917 (one argument per node input)
@@ -132,10 +184,15 @@ def plan_backtest(  # noqa: PLR0913, PLR0917 (one argument per node input)
     min_train_days: int,
     spacing_days: int,
     min_origins: int,
+    max_servers: int | None = None,
 ) -> dict[str, Any]:
-    """Chooses the backtest folds the fleet's histories can support (``models.backtest.plan_folds``).
+    """Chooses the backtest folds the fleet's histories can support (``models.backtest.plan_folds``) and,
+    on a fleet larger than ``max_servers``, the servers that are backtested.
 
     The plan is sized on the median series length and applied relative to each series' own last day.
+    Backtests only choose models and calibrate intervals per archetype and metric, so a sample of servers
+    serves a large fleet as well as all of them, at a fixed cost; the other servers get their group's
+    choice (``select_models``, basis ``group``) and the sample's interval scales.
 
     Args:
         model_input: Output of ``prepare_model_input``.
@@ -145,9 +202,11 @@ def plan_backtest(  # noqa: PLR0913, PLR0917 (one argument per node input)
         min_train_days: History every fold keeps before its origin (``...backtest.min_train_days``).
         spacing_days: Least days between two origins (``...backtest.spacing_days``).
         min_origins: Origins kept by shortening the backtest horizon first (``...backtest.min_origins``).
+        max_servers: Most servers backtested (``...backtest.max_servers``; None: every server).
 
     Returns:
-        The plan (see ``plan_folds``) plus ``analysis_date`` and the ``origin_dates`` of series ending on it.
+        The plan (see ``plan_folds``) plus ``analysis_date``, the ``origin_dates`` of series ending on it,
+        ``servers`` (the backtested server ids, sorted; None: every server) and ``fleet_servers``.
     """
     lengths = model_input.groupby("unique_id")["ds"].agg(["min", "max"])
     days = int(((lengths["max"] - lengths["min"]).dt.days + 1).median())
@@ -155,6 +214,11 @@ def plan_backtest(  # noqa: PLR0913, PLR0917 (one argument per node input)
     last = model_input["ds"].max()
     plan["analysis_date"] = str(last.date())
     plan["origin_dates"] = [str((last - pd.Timedelta(days=o)).date()) for o in plan["origin_offsets_days"]]
+    servers = pd.Index(model_input["server_id"].unique()).astype(str)
+    plan["fleet_servers"] = len(servers)
+    plan["servers"] = sample_servers(servers, max_servers)
+    if plan["servers"] is not None:
+        logger.info("Backtesting %d of %d servers (a stable sample)", len(plan["servers"]), len(servers))
     if plan["reason"]:
         logger.warning("Backtest adapted to the history: %s", plan["reason"])
     logger.info(
@@ -260,6 +324,8 @@ def backtest_forecaster(
     if not enabled:
         logger.info("Model %s is disabled", alias)
         return pd.DataFrame(columns=_BACKTEST_COLUMNS), stats
+    if backtest_plan.get("servers") is not None:
+        model_input = model_input[model_input["server_id"].isin(backtest_plan["servers"])]
     offsets = backtest_plan["origin_offsets_days"]
     folds = list(enumerate(offsets))
     if backtest_folds is not None:
@@ -367,6 +433,15 @@ def _cores_per_shard(enabled: bool, metric_jobs: int, hyperparameters: dict[str,
     return max(1, metric_jobs) * max(threads)
 
 
+def _shard_budget(hyperparameters: dict[str, Any] | None, shards: int) -> dict[str, Any]:
+    """A model's hyperparameters for one of ``shards`` shards: ``max_series`` (per metric, fleet-wide)
+    split evenly, so a budgeted model costs the same however the fleet is sharded."""
+    settings = dict(hyperparameters or {})
+    if settings.get("max_series") is not None:
+        settings["max_series"] = math.ceil(settings["max_series"] / shards)
+    return settings
+
+
 def _run_shards(  # noqa: PLR0913, PLR0917 (the shards, how to run them, then the per-shard function's args)
     func: Callable[..., Any],
     partitions: Mapping[str, Any],
@@ -418,8 +493,9 @@ def backtest_shards(  # noqa: PLR0913 (one argument per node input)
     parts = _run_shards(
         backtest_forecaster, model_input_shards, shard_plan, shard, shard_workers,
         _cores_per_shard(enabled, metric_jobs, hyperparameters),
-        backtest_plan=backtest_plan, enabled=enabled, kind=kind, hyperparameters=hyperparameters,
-        backtest_folds=backtest_folds, metric_jobs=metric_jobs, country=country,
+        backtest_plan=backtest_plan, enabled=enabled, kind=kind,
+        hyperparameters=_shard_budget(hyperparameters, shard_plan["shards"]), backtest_folds=backtest_folds,
+        metric_jobs=metric_jobs, country=country,
         month_end_business_days=month_end_business_days, quarter_end_business_days=quarter_end_business_days,
     )  # fmt: skip
     return {name: out[0] for name, out in parts.items()}, {name: out[1] for name, out in parts.items()}
@@ -449,7 +525,8 @@ def fit_shards(  # noqa: PLR0913 (one argument per node input)
     parts = _run_shards(
         fit_forecaster, model_input_shards, shard_plan, shard, shard_workers,
         _cores_per_shard(enabled, metric_jobs, hyperparameters),
-        enabled=enabled, kind=kind, hyperparameters=hyperparameters, horizon=horizon, metric_jobs=metric_jobs,
+        enabled=enabled, kind=kind, hyperparameters=_shard_budget(hyperparameters, shard_plan["shards"]),
+        horizon=horizon, metric_jobs=metric_jobs,
         min_history_days=min_history_days, country=country, month_end_business_days=month_end_business_days,
         quarter_end_business_days=quarter_end_business_days,
     )  # fmt: skip
@@ -559,7 +636,12 @@ def calibrate_intervals(  # noqa: PLR0913, PLR0917 (one argument per node input)
     if not frames:
         logger.warning("No backtest forecasts (no model enabled or no fold): intervals are not calibrated")
         return pd.DataFrame(columns=columns), pd.DataFrame(columns=scale_columns)
-    actuals = model_input[["unique_id", "ds", "y", "is_observed", "server_id", "archetype"]]
+    backtest = pd.concat(frames, ignore_index=True)
+    rows = model_input["unique_id"].isin(backtest["unique_id"].unique()) & (
+        model_input["ds"] > backtest["origin"].min()
+    )
+    columns_joined = ["unique_id", "ds", "y", "is_observed", "server_id", "archetype"]
+    actuals = _as_text(model_input.loc[rows, columns_joined])
     keys = ["unique_id", "metric", "fold", "origin", "ds"]
     offsets = dict(enumerate(backtest_plan["origin_offsets_days"]))
     horizon = backtest_plan["horizon"]
@@ -595,7 +677,7 @@ def calibrate_intervals(  # noqa: PLR0913, PLR0917 (one argument per node input)
             parts.append(scale_interval(group, row_scale))
         return scales, parts
 
-    scales, parts = calibrate_all(pd.concat(frames, ignore_index=True).merge(actuals, on=["unique_id", "ds"]))
+    scales, parts = calibrate_all(backtest.merge(actuals, on=["unique_id", "ds"]))
     ensemble = ensemble_quantiles(pd.concat(parts, ignore_index=True), ensemble_members, keys)
     if len(ensemble):
         more_scales, more_parts = calibrate_all(ensemble.merge(actuals, on=["unique_id", "ds"]))
@@ -608,7 +690,9 @@ def calibrate_intervals(  # noqa: PLR0913, PLR0917 (one argument per node input)
 
 def _in_sample_scale(model_input: pd.DataFrame, origins: pd.DataFrame, season_length: int) -> pd.DataFrame:
     """Mean absolute seasonal-naive error of each series up to each origin (the MASE denominator)."""
-    frame = model_input[["unique_id", "ds", "y", "is_observed"]].sort_values(["unique_id", "ds"])
+    rows = model_input["unique_id"].isin(origins["unique_id"].unique())
+    frame = _as_text(model_input.loc[rows, ["unique_id", "ds", "y", "is_observed"]])
+    frame = frame.sort_values(["unique_id", "ds"], kind="stable")
     y = frame["y"].where(frame["is_observed"])
     error = (y - y.groupby(frame["unique_id"]).shift(season_length)).abs()
     frame = frame.assign(err_sum=error.fillna(0.0), err_n=error.notna().astype(float))
@@ -790,10 +874,7 @@ def select_models(  # noqa: PLR0913, PLR0917 (one argument per node input)
     if not 0 <= pooling <= 1:
         raise ValueError(f"selection pooling must be within [0, 1], got {pooling}")
     expected = f"expected_{selection_metric}"
-    series = model_input.groupby("unique_id", sort=True).agg(
-        server_id=("server_id", "first"), metric=("metric", "first"), archetype=("archetype", "first"),
-        history_days=("history_days", "first"),
-    )  # fmt: skip
+    series = _series_table(model_input).set_index("unique_id")
     short = series["history_days"] < min_history_days
     chosen = pd.DataFrame(columns=["server_id", "metric", "model", selection_metric, expected])
     if len(model_metrics):
@@ -912,13 +993,17 @@ def rank_models(  # noqa: PLR0913, PLR0917 (one argument per node input)
     fitted_on = {s["model"]: s["fitted_on"] for s in model_stats if "fitted_on" in s}
     plan_keys = ("requested_origins", "requested_horizon", "origins", "horizon", "origin_offsets_days",
                  "origin_dates", "analysis_date", "independent_folds", "reference_history_days",
-                 "min_train_days", "spacing_days", "reason")  # fmt: skip
+                 "min_train_days", "spacing_days", "reason", "fleet_servers")  # fmt: skip
     leaderboard: dict[str, Any] = {
         "models": [],
         "by_archetype": [],
         "by_metric": [],
         "common_folds": [],
-        "backtest": {k: backtest_plan.get(k) for k in plan_keys},
+        "backtest": {
+            **{k: backtest_plan.get(k) for k in plan_keys},
+            "servers_backtested": len(backtest_plan.get("servers") or [])
+            or backtest_plan.get("fleet_servers"),
+        },
         "seasonal_terms_off": terms_off,
         "fitted_on": fitted_on,
         "selection": {
@@ -997,8 +1082,10 @@ def assemble_forecasts(  # noqa: PLR0913, PLR0917 (one argument per node input)
     forecasts = tuple(_fleet_frame(p, shard_plan) for p in forecasts)
     frame = pd.concat([f for f in forecasts if len(f)] or [pd.DataFrame(columns=_FORECAST_COLUMNS)],
                       ignore_index=True)  # fmt: skip
-    series = model_input.groupby("unique_id", sort=True)[["server_id", "metric", "history_days"]].first()
-    last_day = model_input.groupby(["server_id", "metric"], as_index=False)["ds"].max()
+    series = _series_table(model_input).set_index("unique_id")
+    last_day = series[["server_id", "metric"]].assign(
+        ds=model_input.groupby("unique_id", sort=True, observed=True)["ds"].max().to_numpy()
+    )
 
     def calibrated(rows: pd.DataFrame) -> pd.DataFrame:
         origin = rows[["server_id", "metric"]].merge(last_day, how="left")["ds"]

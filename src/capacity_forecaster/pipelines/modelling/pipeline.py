@@ -116,6 +116,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "params:modelling.backtest.min_train_days",
                     "params:modelling.backtest.spacing_days",
                     "params:modelling.backtest.min_origins",
+                    "params:modelling.backtest.max_servers",
                 ],
                 outputs="backtest_plan",
                 name="plan_backtest_node",
