@@ -42,6 +42,20 @@ def scale_interval(frame: pd.DataFrame, scale: np.ndarray) -> pd.DataFrame:
     return finalise_quantiles(out)
 
 
+def group_ids(frame: pd.DataFrame, keys: list[str]) -> np.ndarray:
+    """Integer id of each row's ``keys`` combination (ids in order of first appearance).
+
+    Each key column is factorised on its own and the codes are combined arithmetically: on millions of
+    rows with text keys this is several times faster than grouping by the text columns together.
+    """
+    factorised = [pd.factorize(frame[key], use_na_sentinel=False) for key in keys]
+    codes = [column_codes for column_codes, _ in factorised]
+    sizes = [len(uniques) for _, uniques in factorised]
+    if np.prod(sizes, dtype=float) < 2**62:
+        return pd.factorize(np.ravel_multi_index(codes, sizes))[0]
+    return pd.MultiIndex.from_arrays(codes).factorize()[0]
+
+
 def ensemble_quantiles(frame: pd.DataFrame, members: list[str], keys: list[str]) -> pd.DataFrame:
     """The ``ensemble`` model's rows: the members' median (the mean for two) wherever all of them forecast.
 
@@ -52,13 +66,21 @@ def ensemble_quantiles(frame: pd.DataFrame, members: list[str], keys: list[str])
     rows = frame[frame["model"].isin(members)]
     if not members or rows.empty:
         return frame.iloc[0:0]
-    rows = rows.assign(_lower=rows["p50"] - rows["p10"], _upper=rows["p90"] - rows["p50"])
-    grouped = rows.groupby(keys, as_index=False, sort=False)
-    median = grouped[[*QUANTILES, "_lower", "_upper"]].median().merge(grouped.size(), on=keys)
-    median = median[median["size"] == len(set(members))]
-    median["p10"] = np.minimum(median["p10"], median["p50"] - median["_lower"])
-    median["p90"] = np.maximum(median["p90"], median["p50"] + median["_upper"])
-    return finalise_quantiles(median.drop(columns=["size", "_lower", "_upper"]).assign(model="ensemble"))
+    count = len(set(members))
+    group = group_ids(rows, keys)
+    order = np.argsort(group, kind="stable")
+    complete = order[np.bincount(group)[group[order]] == count]  # blocks of ``count`` rows, one per group
+    if not len(complete):
+        return frame.iloc[0:0]
+    values = rows[list(QUANTILES)].to_numpy(dtype="float64")[complete].reshape(-1, count, len(QUANTILES))
+    p10, p50, p90 = np.median(values, axis=1).T
+    lower = np.median(values[:, :, 1] - values[:, :, 0], axis=1)
+    upper = np.median(values[:, :, 2] - values[:, :, 1], axis=1)
+    median = rows[keys].iloc[complete[::count]].reset_index(drop=True)
+    median["p10"] = np.minimum(p10, p50 - lower)
+    median["p50"] = p50
+    median["p90"] = np.maximum(p90, p50 + upper)
+    return finalise_quantiles(median.assign(model="ensemble"))
 
 
 def weekly_scales(  # noqa: PLR0913, PLR0917 (the backtest of one model and metric, then the rule)
@@ -99,9 +121,10 @@ def weekly_scales(  # noqa: PLR0913, PLR0917 (the backtest of one model and metr
     row_scale = np.ones(len(ratio))
     for f in folds:
         others = other_folds(f)
+        in_others = np.isin(fold, others)
         by_week = np.ones(len(weeks))
         for i, in_week in enumerate(rows_of):
-            rows = in_week & np.isin(fold, others)
+            rows = in_week & in_others
             if rows.any():
                 by_week[i] = guard(ratio[rows], weight[rows], others)[1]
         by_week = np.maximum.accumulate(by_week)

@@ -31,6 +31,7 @@ from capacity_forecaster.models.base import QUANTILE_LEVELS
 from capacity_forecaster.models.intervals import (
     apply_weekly_scales,
     ensemble_quantiles,
+    group_ids,
     horizon_weeks,
     interval_ratio,
     scale_interval,
@@ -166,6 +167,12 @@ def _as_text(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.astype(dict.fromkeys(categorical, "str")) if categorical else frame
 
 
+def _rows_per_key(frame: pd.DataFrame, keys: list[str]) -> np.ndarray:
+    """How many rows of ``frame`` share each row's ``keys``."""
+    ids = group_ids(frame, keys)
+    return np.bincount(ids)[ids]
+
+
 def _series_table(model_input: pd.DataFrame) -> pd.DataFrame:
     """One row per series (sorted by ``unique_id``): ``unique_id, server_id, metric, archetype,
     history_days`` (text columns as plain strings)."""
@@ -263,10 +270,14 @@ def _make_forecaster(kind: str, hyperparameters: dict[str, Any], **shared: Any) 
 
 
 def _fit_per_metric(model: BaseForecaster, frame: pd.DataFrame, metric_jobs: int) -> dict[str, Any]:
-    """Fits a fresh clone per metric (global models are per metric), ``metric_jobs`` metrics at a time."""
-    metrics, groups = zip(*frame.groupby("metric", sort=True), strict=True)
-    columns = ["unique_id", "ds", "y"]
-    fitted = Parallel(n_jobs=metric_jobs)(delayed(clone(model).fit)(group[columns]) for group in groups)
+    """Fits a fresh clone per metric (global models are per metric), ``metric_jobs`` metrics at a time.
+
+    Each metric's rows are cut out only when its fit starts, so one at a time is held besides ``frame``.
+    """
+    metric = frame["metric"]
+    metrics = sorted(str(m) for m in metric.unique())
+    rows = frame[["unique_id", "ds", "y"]]
+    fitted = Parallel(n_jobs=metric_jobs)(delayed(clone(model).fit)(rows[metric == m]) for m in metrics)
     return dict(zip(metrics, fitted, strict=True))
 
 
@@ -388,7 +399,8 @@ def fit_forecaster(
         quarter_end_business_days=quarter_end_business_days,
     )
     summary: dict[str, Any] = {"model": model.alias, "series": 0, "seasonal_terms_off": {}}
-    frame = model_input[model_input["history_days"] >= min_history_days]
+    long_enough = model_input["history_days"] >= min_history_days
+    frame = model_input if long_enough.all() else model_input[long_enough]
     if not enabled or frame.empty:
         return {}, summary
     fitted = _fit_per_metric(model, frame, metric_jobs)
@@ -670,7 +682,7 @@ def calibrate_intervals(  # noqa: PLR0913, PLR0917 (one argument per node input)
             days_ahead = (pd.to_datetime(group["ds"]) - pd.to_datetime(group["origin"])).dt.days.to_numpy()
             table, row_scale = weekly_scales(
                 interval_ratio(group, group["y"].to_numpy()),
-                1.0 / group.groupby(["unique_id", "ds"])["fold"].transform("size").to_numpy(),
+                1.0 / _rows_per_key(group, ["unique_id", "ds"]),
                 observed, horizon_weeks(days_ahead), fold_values, other_folds, guard,
             )  # fmt: skip
             scales.append(table.assign(model=model, metric=metric))
