@@ -173,6 +173,15 @@ def _rows_per_key(frame: pd.DataFrame, keys: list[str]) -> np.ndarray:
     return np.bincount(ids)[ids]
 
 
+def _at_series(frame: pd.DataFrame, values: pd.Series) -> np.ndarray:
+    """``values`` (indexed by ``server_id, metric``) at each row of ``frame`` (NaN/NaT where absent); one
+    lookup per series, not per row."""
+    ids = group_ids(frame, ["server_id", "metric"])
+    _, first_rows = np.unique(ids, return_index=True)
+    keys = pd.MultiIndex.from_frame(frame[["server_id", "metric"]].iloc[first_rows].astype(str))
+    return values.reindex(keys).to_numpy()[ids]
+
+
 def _series_table(model_input: pd.DataFrame) -> pd.DataFrame:
     """One row per series (sorted by ``unique_id``): ``unique_id, server_id, metric, archetype,
     history_days`` (text columns as plain strings)."""
@@ -1095,14 +1104,14 @@ def assemble_forecasts(  # noqa: PLR0913, PLR0917 (one argument per node input)
     frame = pd.concat([f for f in forecasts if len(f)] or [pd.DataFrame(columns=_FORECAST_COLUMNS)],
                       ignore_index=True)  # fmt: skip
     series = _series_table(model_input).set_index("unique_id")
-    last_day = series[["server_id", "metric"]].assign(
-        ds=model_input.groupby("unique_id", sort=True, observed=True)["ds"].max().to_numpy()
-    )
+    by_series = series.set_index(["server_id", "metric"])
+    last_day = model_input.groupby("unique_id", sort=True, observed=True)["ds"].max()
+    last_day = pd.Series(last_day.to_numpy(), index=by_series.index)
 
     def calibrated(rows: pd.DataFrame) -> pd.DataFrame:
-        origin = rows[["server_id", "metric"]].merge(last_day, how="left")["ds"]
-        days_ahead = (pd.to_datetime(rows["date"]).reset_index(drop=True) - pd.to_datetime(origin)).dt.days
-        return apply_weekly_scales(rows, interval_scales, days_ahead.fillna(1).to_numpy(dtype=np.int64))
+        ahead = pd.to_datetime(rows["date"]).to_numpy() - _at_series(rows, last_day)
+        days = np.where(np.isnat(ahead), 1, ahead.astype("timedelta64[D]").astype(np.int64))
+        return apply_weekly_scales(rows, interval_scales, days)
 
     frame = calibrated(frame)
     ensemble = ensemble_quantiles(frame, ensemble_members, ["server_id", "metric", "date"])
@@ -1130,10 +1139,7 @@ def assemble_forecasts(  # noqa: PLR0913, PLR0917 (one argument per node input)
     counts = frame[frame["is_selected"]].groupby(["server_id", "metric"])["model"].nunique()
     if (counts != 1).any() or len(counts) != frame.groupby(["server_id", "metric"]).ngroups:
         raise ValueError("every server and metric needs exactly one selected model")
-    history = series.set_index(["server_id", "metric"])["history_days"]
-    frame["history_days"] = (
-        pd.MultiIndex.from_frame(frame[["server_id", "metric"]]).map(history).fillna(0).astype("int64")
-    )
+    frame["history_days"] = np.nan_to_num(_at_series(frame, by_series["history_days"])).astype("int64")
     frame = frame.sort_values(["server_id", "metric", "model", "date"], ignore_index=True)
     return frame[[*_FORECAST_COLUMNS, "is_selected", "history_days"]]
 
