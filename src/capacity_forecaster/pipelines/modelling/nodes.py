@@ -161,9 +161,13 @@ def _interpolate_inside(value: np.ndarray) -> np.ndarray:
     return filled
 
 
+def _categorical_columns(frame: pd.DataFrame) -> list[str]:
+    return [c for c in frame.columns if isinstance(frame[c].dtype, pd.CategoricalDtype)]
+
+
 def _as_text(frame: pd.DataFrame) -> pd.DataFrame:
     """``frame`` with its categorical columns as plain strings (to join with the models' outputs)."""
-    categorical = [c for c in frame.columns if isinstance(frame[c].dtype, pd.CategoricalDtype)]
+    categorical = _categorical_columns(frame)
     return frame.astype(dict.fromkeys(categorical, "str")) if categorical else frame
 
 
@@ -171,6 +175,11 @@ def _rows_per_key(frame: pd.DataFrame, keys: list[str]) -> np.ndarray:
     """How many rows of ``frame`` share each row's ``keys``."""
     ids = group_ids(frame, keys)
     return np.bincount(ids)[ids]
+
+
+def _own_categories(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with the categories its categorical columns do not use removed."""
+    return frame.assign(**{c: frame[c].cat.remove_unused_categories() for c in _categorical_columns(frame)})
 
 
 def _at_series(frame: pd.DataFrame, values: pd.Series) -> np.ndarray:
@@ -261,7 +270,10 @@ def split_model_input(
     """
     servers = model_input["server_id"].nunique()
     count = resolve_shard_count(shards, servers, servers_per_shard)
-    parts = {shard_name(1, 1): model_input} if count == 1 else split_by_shard(model_input, count)
+    if count == 1:
+        parts = {shard_name(1, 1): model_input}
+    else:  # a shard's categoricals keep only its own series (a SageMaker job loads only its partition)
+        parts = {name: _own_categories(part) for name, part in split_by_shard(model_input, count).items()}
     plan = {
         "shards": count,
         "servers": {name: int(part["server_id"].nunique()) for name, part in parts.items()},
