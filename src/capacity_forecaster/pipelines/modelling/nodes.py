@@ -96,23 +96,27 @@ def prepare_model_input(clean_server_metrics: pd.DataFrame, server_inventory: pd
     unknown = set(metrics) - set(METRICS)
     if unknown:
         raise ValueError(f"clean_server_metrics has unknown metrics {sorted(unknown)}; expected {METRICS}")
-    days = pd.to_datetime(clean_server_metrics["date"]).dt.normalize().to_numpy()
-    value = clean_server_metrics["value"].to_numpy(dtype="float64")
+    series = (server_codes * len(metrics) + metric_codes).astype(np.int32)  # row arrays stay 4-byte
+    del server_codes, metric_codes
+    day = pd.to_datetime(clean_server_metrics["date"]).to_numpy().astype("datetime64[D]").astype(np.int32)
+    order = np.lexsort((day, series))
+    series, day = series[order], day[order]
+    value = clean_server_metrics["value"].to_numpy(dtype="float64")[order]
     clean = ~np.isnan(value)
     if "is_imputed" in clean_server_metrics:
-        clean &= ~clean_server_metrics["is_imputed"].to_numpy(dtype=bool)
-    series = server_codes.astype("int64") * len(metrics) + metric_codes
-    order = np.lexsort((days, series))
-    series, days, value, clean = series[order], days[order], value[order], clean[order]
-    clean_days = pd.Series(np.where(clean, days, np.datetime64("NaT"))).groupby(series, sort=False)
-    first, last = clean_days.transform("min").to_numpy(), clean_days.transform("max").to_numpy()
-    empty = np.unique(series[np.isnat(first)])
+        clean &= ~clean_server_metrics["is_imputed"].to_numpy(dtype=bool)[order]
+    del order
+    inside = _within_clean_days(series, day, clean, len(servers) * len(metrics))
+    empty = np.setdiff1d(np.unique(series), np.unique(series[inside]))
     if len(empty):
         names = [f"{servers[s // len(metrics)]}{_SEPARATOR}{metrics[s % len(metrics)]}" for s in empty[:5]]
         logger.warning("Dropping %d series without any clean value: %s", len(empty), names)
-    inside = (days >= first) & (days <= last)  # NaT compares False: empty series drop out
-    series, days, value, clean = series[inside], days[inside], value[inside], clean[inside]
-    present, series_codes = np.unique(series, return_inverse=True)
+    series, day, value, clean = series[inside], day[inside], value[inside], clean[inside]
+    del inside
+    starts = np.flatnonzero(np.r_[True, series[1:] != series[:-1]]) if len(series) else np.array([], int)
+    present = series[starts]
+    series_codes = np.repeat(np.arange(len(present), dtype=np.int32), np.diff(np.r_[starts, len(series)]))
+    del series
     series_servers, series_metrics = present // len(metrics), present % len(metrics)
     ids = pd.Index(servers[series_servers] + _SEPARATOR + metrics[series_metrics])
     archetypes = server_inventory.assign(server_id=server_inventory["server_id"].astype(str)).set_index(
@@ -126,21 +130,32 @@ def prepare_model_input(clean_server_metrics: pd.DataFrame, server_inventory: pd
             "server_id": pd.Categorical.from_codes(series_servers[series_codes], categories=servers),
             "metric": pd.Categorical.from_codes(series_metrics[series_codes], categories=metrics),
             "archetype": pd.Categorical.from_codes(
-                archetype_codes[series_servers[series_codes]], categories=archetype_names
+                archetype_codes[series_servers][series_codes], categories=archetype_names
             ),
-            "ds": days,
+            "ds": day.astype("datetime64[D]").astype("datetime64[ns]"),
             "y": _interpolate_inside(value),
             "is_observed": ~np.isnan(value),
-            "history_days": np.bincount(series_codes, weights=clean).astype("int32")[series_codes],
+            "history_days": np.bincount(series_codes, weights=clean).astype(np.int32)[series_codes],
         }
     )
     logger.info("Model input: %d series, %d rows", len(ids), len(frame))
     return frame
 
 
+def _within_clean_days(series: np.ndarray, day: np.ndarray, clean: np.ndarray, n_series: int) -> np.ndarray:
+    """Rows from their series' first to its last clean day (rows sorted by series code, then day)."""
+    clean_series, clean_day = series[clean], day[clean]
+    boundary = np.r_[True, clean_series[1:] != clean_series[:-1], True] if len(clean_series) else np.zeros(1, bool)
+    first = np.full(n_series, np.iinfo(np.int32).max, dtype=np.int32)
+    last = np.full(n_series, np.iinfo(np.int32).min, dtype=np.int32)
+    first[clean_series[boundary[:-1]]] = clean_day[boundary[:-1]]
+    last[clean_series[boundary[1:]]] = clean_day[boundary[1:]]
+    return (day >= first[series]) & (day <= last[series])
+
+
 def _categorical(codes: np.ndarray, names: pd.Index) -> pd.Categorical:
     """``names[codes]`` as a categorical whose categories are sorted (groupbys then sort as on the text)."""
-    rank = np.empty(len(names), dtype="int64")
+    rank = np.empty(len(names), dtype=np.int32)
     rank[names.argsort(kind="stable")] = np.arange(len(names))
     return pd.Categorical.from_codes(rank[codes], categories=names.sort_values())
 
