@@ -923,6 +923,41 @@ def _int_or_none(value: Any) -> int | None:
     return None if pd.isna(value) else int(value)
 
 
+# The report's counts: each adds up across shards (the fleet's is the sum of the shards').
+_ADDITIVE_COUNTS = (
+    "rows_in",
+    "rows_out",
+    "values_out",
+    "servers",
+    "unknown_server_rows_dropped",
+    "unknown_server_rows_kept",
+    "inventory_servers_without_metrics",
+    "duplicates_removed",
+    "conflicting_rows_merged",
+    "subdaily_samples_aggregated",
+    "daily_rows_observed",
+    "sparse_days_blanked",
+    "sparse_edge_days_dropped",
+    "calendar_days_added",
+    "values_observed",
+    "values_missing",
+    "values_imputed",
+    "values_left_missing",
+    "values_clipped",
+    "values_flagged_outlier",
+    "outliers_replaced",
+    "outliers_kept_sub_daily",
+    "days_replaced",
+    "days_replaced_above_high_threshold",
+)
+
+
+def _counts(*stage_stats: dict[str, Any]) -> dict[str, int]:
+    """The ``_ADDITIVE_COUNTS`` of a data set, from its validation, aggregation and cleaning statistics."""
+    merged = {key: value for stats in stage_stats for key, value in stats.items()}
+    return {key: merged[key] for key in _ADDITIVE_COUNTS}
+
+
 def build_data_quality_report(
     validation_stats: dict[str, Any],
     aggregation_stats: dict[str, Any],
@@ -979,10 +1014,7 @@ def build_data_quality_report(
     report = {
         "source": v["source"],
         "sampling": a["sampling"],
-        "rows_in": v["rows_in"],
-        "rows_out": c["rows_out"],
-        "values_out": c["values_out"],
-        "servers": c["servers"],
+        **_counts(v, a, c),
         "first_date": c["first_date"],
         "last_date": c["last_date"],
         "valid_date_range": v["valid_date_range"],
@@ -990,34 +1022,9 @@ def build_data_quality_report(
         "server_inventory": v["server_inventory"],
         "unknown_servers": v["unknown_servers"],
         "unknown_servers_action": v["unknown_servers_action"],
-        "unknown_server_rows_dropped": v["unknown_server_rows_dropped"],
-        "unknown_server_rows_kept": v["unknown_server_rows_kept"],
-        "inventory_servers_without_metrics": v["inventory_servers_without_metrics"],
-        "duplicates_removed": a["duplicates_removed"],
-        "conflicting_rows_merged": a["conflicting_rows_merged"],
         "conflicting_duplicates": a["conflicting_duplicates"],
-        "subdaily_samples_aggregated": a["subdaily_samples_aggregated"],
-        "daily_rows_observed": a["daily_rows_observed"],
-        "sparse_days_blanked": a["sparse_days_blanked"],
-        "sparse_edge_days_dropped": a["sparse_edge_days_dropped"],
-        "calendar_days_added": c["calendar_days_added"],
-        **{
-            k: c[k]
-            for k in (
-                "values_observed",
-                "values_missing",
-                "values_imputed",
-                "values_left_missing",
-                "values_clipped",
-                "values_flagged_outlier",
-                "outliers_replaced",
-            )
-        },
         "outliers_kept": c["values_flagged_outlier"] - c["outliers_replaced"],
-        "outliers_kept_sub_daily": c["outliers_kept_sub_daily"],
         "high_threshold": c["high_threshold"],
-        "days_replaced": c["days_replaced"],
-        "days_replaced_above_high_threshold": c["days_replaced_above_high_threshold"],
         "days_replaced_by_rule": c["days_replaced_by_rule"],
         "replaced_day_rules": _REPLACED_DAY_RULES,
         "replaced_days": c["replaced_days"],
@@ -1167,34 +1174,6 @@ def build_server_features(
 
 
 # ---------------------------------------------------------------------------------------------- sharding
-_ADDITIVE_COUNTS = (
-    "rows_in",
-    "rows_out",
-    "values_out",
-    "servers",
-    "unknown_server_rows_dropped",
-    "unknown_server_rows_kept",
-    "inventory_servers_without_metrics",
-    "duplicates_removed",
-    "conflicting_rows_merged",
-    "subdaily_samples_aggregated",
-    "daily_rows_observed",
-    "sparse_days_blanked",
-    "sparse_edge_days_dropped",
-    "calendar_days_added",
-    "values_observed",
-    "values_missing",
-    "values_imputed",
-    "values_left_missing",
-    "values_clipped",
-    "values_flagged_outlier",
-    "outliers_replaced",
-    "outliers_kept_sub_daily",
-    "days_replaced",
-    "days_replaced_above_high_threshold",
-)
-
-
 def _release(*saved: dict[str, pd.DataFrame]) -> None:
     """Empties dicts a generator node yielded once Kedro has saved them (it resumes the generator only then).
 
@@ -1396,6 +1375,11 @@ def _sum(parts: list[dict[str, Any]], keys: Iterable[str]) -> dict[str, int]:
     return {key: sum(part[key] for part in parts) for key in keys}
 
 
+def _additive(stats: dict[str, Any]) -> tuple[str, ...]:
+    """The ``_ADDITIVE_COUNTS`` that one stage's statistics hold."""
+    return tuple(key for key in _ADDITIVE_COUNTS if key in stats)
+
+
 def _merge_stage_stats(parts: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     """The fleet's validation, aggregation and cleaning statistics from the shards' (counts summed, lists
     joined in server order), as ``build_data_quality_report`` takes them."""
@@ -1404,15 +1388,7 @@ def _merge_stage_stats(parts: list[dict[str, Any]]) -> tuple[dict[str, Any], dic
     cs = [p["cleaning"] for p in parts]
     v = {
         **vs[0],
-        **_sum(
-            vs,
-            (
-                "rows_in",
-                "unknown_server_rows_dropped",
-                "unknown_server_rows_kept",
-                "inventory_servers_without_metrics",
-            ),
-        ),
+        **_sum(vs, _additive(vs[0])),
         "unknown_servers": sorted(set().union(*(x["unknown_servers"] for x in vs))),
     }
     if vs[0]["inventory_servers"] is not None:
@@ -1421,18 +1397,7 @@ def _merge_stage_stats(parts: list[dict[str, Any]]) -> tuple[dict[str, Any], dic
     conflicts = [x["conflicting_duplicates"] for x in ag]
     a = {
         **ag[0],
-        **_sum(
-            ag,
-            (
-                "rows_after_validation",
-                "duplicates_removed",
-                "conflicting_rows_merged",
-                "subdaily_samples_aggregated",
-                "daily_rows_observed",
-                "sparse_days_blanked",
-                "sparse_edge_days_dropped",
-            ),
-        ),
+        **_sum(ag, ("rows_after_validation", *_additive(ag[0]))),
         "sampling": "sub-daily" if any(x["sampling"] == "sub-daily" for x in ag) else "daily",
         "conflicting_duplicates": {
             **conflicts[0],
@@ -1447,18 +1412,7 @@ def _merge_stage_stats(parts: list[dict[str, Any]]) -> tuple[dict[str, Any], dic
             by_rule[rule] = by_rule.get(rule, 0) + n
     c = {
         **cs[0],
-        **_sum(
-            cs,
-            (
-                "servers",
-                "rows_out",
-                "values_out",
-                "calendar_days_added",
-                "days_replaced",
-                "days_replaced_above_high_threshold",
-                *metric_keys,
-            ),
-        ),
+        **_sum(cs, _additive(cs[0])),
         "first_date": min(x["first_date"] for x in cs),
         "last_date": max(x["last_date"] for x in cs),
         "by_metric": {m: _sum([x["by_metric"][m] for x in cs], metric_keys) for m in cs[0]["by_metric"]},
@@ -1497,10 +1451,7 @@ def build_fleet_quality_report(etl_shard_stats: dict[str, Any], stale_after_days
         report["shards"] = {
             name: dict.fromkeys(_ADDITIVE_COUNTS, 0)
             if stats is None
-            else {
-                key: {**stats["validation"], **stats["aggregation"], **stats["cleaning"]}[key]
-                for key in _ADDITIVE_COUNTS
-            }
+            else _counts(stats["validation"], stats["aggregation"], stats["cleaning"])
             for name, stats in etl_shard_stats.items()
         }
     return report
