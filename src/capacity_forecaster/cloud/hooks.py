@@ -397,8 +397,10 @@ class S3DatasetHooks:
     def after_catalog_created(self, catalog: Any, conf_catalog: dict[str, Any]) -> None:
         """Guards every explicitly configured S3 dataset (also in notebooks and ``catalog.load``)."""
         for name, config in conf_catalog.items():
-            location = config.get("filepath") or config.get("path") if isinstance(config, dict) else None
-            if str(location or "").startswith(("s3://", "s3a://")):
+            if not isinstance(config, dict):
+                continue
+            location = str(config.get("filepath") or config.get("path") or "")  # path: PartitionedDataset
+            if location.startswith(("s3://", "s3a://")):
                 dataset = _get(catalog, name)
                 if dataset is not None:
                     guard_dataset(name, dataset)
