@@ -1,13 +1,13 @@
 """Benchmark of the etl pipeline: 1 M and 14.6 M raw daily rows through every etl node, with peak memory.
 
 Targets (issue 3): 1 M raw daily rows under 15 s; 14.6 M rows (10,000 servers x 4 years) under 3 min.
-The raw input is made here with vectorised numpy (weekly shape, month-end peaks, noise, plus dirt: missing days,
-a multi-day outage per 8 % of servers, duplicates, spikes and out-of-range values), as the frame a CSV load gives
-(timestamp as text). Node time is measured in memory; a separate line times the gzip CSV round trip through
-``MetricsExportDataset`` and the Parquet writes of the outputs (1 M case only unless ``--io-all``).
+The raw input is made here with vectorised numpy (weekly shape, month-end peaks, noise, plus dirt: missing
+days, a multi-day outage per 8 % of servers, duplicates, spikes and out-of-range values), as the frame a CSV
+load gives (timestamp as text). Node time is measured in memory; a separate line times the gzip CSV round trip
+through ``MetricsExportDataset`` and the Parquet writes of the outputs (1 M case only unless ``--io-all``).
 
-Usage: ``python benchmarks/etl.py [--sizes 1000000 14600000] [--io-all]``. The machine is shared and has 2 cores:
-figures are noisy, compare them rather than trusting the absolute seconds.
+Usage: ``python benchmarks/etl.py [--sizes 1000000 14600000] [--io-all]``. The machine is shared and has 2
+cores: figures are noisy, compare them rather than trusting the absolute seconds.
 """
 
 from __future__ import annotations
@@ -75,8 +75,8 @@ def run_etl(
     holder: list[pd.DataFrame], inventory: pd.DataFrame
 ) -> tuple[dict[str, float], float, dict, pd.DataFrame, pd.DataFrame]:
     """Runs every etl node in pipeline order, releasing each input after its last use as Kedro's runner does
-    (``holder`` holds the raw frame and is emptied). Returns wall seconds per node, CPU seconds, the report and
-    the two tables."""
+    (``holder`` holds the raw frame and is emptied). Returns wall seconds per node, CPU seconds, the report
+    and the two tables."""
     seconds: dict[str, float] = {}
     cpu = time.process_time()
     t = time.perf_counter()
@@ -110,8 +110,8 @@ def main() -> None:
     parser.add_argument("--io-all", action="store_true", help="also time file I/O for sizes above 1 M rows")
     args = parser.parse_args()
     print(
-        "rows_in  servers  make_s  validate  aggregate  clean  report  features  etl_wall_s  etl_cpu_s  target_s  "
-        "long_rows  peak_rss_gb"
+        "rows_in  servers  make_s  validate  aggregate  clean  report  features  etl_wall_s  etl_cpu_s  "
+        "target_s  long_rows  peak_rss_gb"
     )
     for size in args.sizes:
         t = time.perf_counter()
@@ -134,8 +134,9 @@ def main() -> None:
         print(
             f"    report: duplicates {report['duplicates_removed']:,}, imputed {report['values_imputed']:,}, "
             f"clipped {report['values_clipped']:,}, outliers {report['values_flagged_outlier']:,} "
-            f"(replaced {report['outliers_replaced']:,}, {report['days_replaced_above_high_threshold']:,} of them "
-            f"above 80 %), left missing {report['values_left_missing']:,}, "
+            f"(replaced {report['outliers_replaced']:,}, "
+            f"{report['days_replaced_above_high_threshold']:,} of them above 80 %), "
+            f"left missing {report['values_left_missing']:,}, "
             f"servers with long gaps {len(report['servers_with_long_gaps']):,}; clean "
             f"{clean.memory_usage(deep=True).sum() / 1e9:.2f} GB, features "
             f"{features.memory_usage(deep=True).sum() / 1e9:.2f} GB in memory (key columns shared)",
@@ -155,8 +156,9 @@ def main() -> None:
                 features.to_parquet(Path(tmp) / "features.parquet")
                 write_out = time.perf_counter() - t
                 print(
-                    f"    io: save raw gzip CSV {save_raw:.1f} s, load it {load_raw:.1f} s ({len(loaded):,} rows), "
-                    f"write clean + features Parquet {write_out:.1f} s; etl incl. load + writes "
+                    f"    io: save raw gzip CSV {save_raw:.1f} s, load it {load_raw:.1f} s "
+                    f"({len(loaded):,} rows), write clean + features Parquet {write_out:.1f} s; "
+                    "etl incl. load + writes "
                     f"{total + load_raw + write_out:.1f} s; peak RSS {peak_rss_gb():.2f} GB",
                     flush=True,
                 )

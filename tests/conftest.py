@@ -1,5 +1,6 @@
 """Fixtures shared by all tests: no telemetry, and Kedro sessions that write into a temp dir, never data/."""
 
+import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -47,9 +48,7 @@ def kedro_session(data_root: Path) -> Iterator[Callable[..., KedroSession]]:
 @pytest.fixture(scope="session")
 def moto_endpoint() -> Iterator[str]:
     """Starts one moto server (real HTTP S3, SageMaker, IAM and CloudWatch Logs APIs) on 127.0.0.1."""
-    import logging
-
-    from moto.server import ThreadedMotoServer
+    from moto.server import ThreadedMotoServer  # noqa: PLC0415 - 1.5 s to import, for the AWS tests only
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
@@ -65,8 +64,8 @@ def aws(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
 
     Yields the endpoint URL. Everything created in moto is wiped after the test.
     """
-    import requests
-    import s3fs
+    import requests  # noqa: PLC0415 - AWS tests only, like moto above
+    import s3fs  # noqa: PLC0415
 
     for name, value in {
         "AWS_ENDPOINT_URL": moto_endpoint,

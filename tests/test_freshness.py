@@ -5,7 +5,9 @@ import pytest
 from capacity_forecaster.freshness import analysis_date, find_stale_servers, last_observed_days
 
 
-def _fleet(last_observed: dict[str, int], days: int = 30, imputed_tail: dict[str, int] | None = None) -> pd.DataFrame:
+def _fleet(
+    last_observed: dict[str, int], days: int = 30, imputed_tail: dict[str, int] | None = None
+) -> pd.DataFrame:
     dates = pd.date_range("2024-01-01", periods=days)
     frames = []
     for server, n_observed in last_observed.items():
@@ -13,8 +15,17 @@ def _fleet(last_observed: dict[str, int], days: int = 30, imputed_tail: dict[str
         imputed = np.zeros(days, bool)
         if imputed_tail and server in imputed_tail:
             imputed[n_observed - imputed_tail[server] : n_observed] = True
-        frames.append(pd.DataFrame({"server_id": server, "metric": "cpu_p95", "date": dates, "value": value,
-                                    "is_imputed": imputed}))
+        frames.append(
+            pd.DataFrame(
+                {
+                    "server_id": server,
+                    "metric": "cpu_p95",
+                    "date": dates,
+                    "value": value,
+                    "is_imputed": imputed,
+                }
+            )
+        )
     return pd.concat(frames, ignore_index=True)
 
 

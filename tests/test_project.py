@@ -1,6 +1,8 @@
 """The project loads: settings, registry and catalog configuration."""
 
 import pandas as pd
+from kedro.framework.cli.utils import _split_params
+from kedro.framework.project import pipelines
 from kedro.framework.startup import bootstrap_project
 
 from capacity_forecaster.calendar import calendar_features
@@ -8,9 +10,7 @@ from tests.conftest import PROJECT_PATH
 
 
 def test_default_pipeline_is_every_pipeline():
-    bootstrap_project(PROJECT_PATH)
-    from kedro.framework.project import pipelines
-
+    bootstrap_project(PROJECT_PATH)  # configures the registry that ``pipelines`` reads lazily
     named = [name for name in pipelines if name != "__default__"]
     assert set(pipelines["__default__"].nodes) == {n for name in named for n in pipelines[name].nodes}
 
@@ -24,8 +24,6 @@ def test_catalog_writes_under_data_root(kedro_session, data_root):
 
 
 def test_every_dataset_has_a_viz_layer(kedro_session):
-    from kedro.framework.project import pipelines
-
     catalog = kedro_session().load_context().catalog
     datasets = set(catalog.keys()) | pipelines["__default__"].datasets()
     for name in sorted(datasets):
@@ -43,14 +41,13 @@ def test_calendar_windows_are_the_last_business_days():
     assert month_end == ["03-28", "03-29"]
     assert features.loc["2024-03-31", "days_to_quarter_end"] == 0
     assert features.loc["2024-04-01", "days_to_quarter_end"] == 90
-    holidays = calendar_features(pd.date_range("2024-12-24", "2025-01-02"), "US").set_index("date")["is_holiday"]
+    new_year = calendar_features(pd.date_range("2024-12-24", "2025-01-02"), "US").set_index("date")
+    holidays = new_year["is_holiday"]
     assert holidays[holidays].index.strftime("%Y-%m-%d").tolist() == ["2024-12-25", "2025-01-01"]
 
 
 def test_dotted_params_change_one_key_in_an_env_with_its_own_parameters(kedro_session):
     """`--params risk_analysis.near_term_days=14 --env bitbrains` keeps every other risk_analysis key."""
-    from kedro.framework.cli.utils import _split_params
-
     runtime = _split_params(None, None, "risk_analysis.near_term_days=14,horizon=14,etl.max_gap_days=3")
     base = kedro_session().load_context().params
     params = kedro_session(env="bitbrains", runtime_params=runtime).load_context().params

@@ -15,7 +15,7 @@ from capacity_forecaster.cloud.cli import cloud
 from capacity_forecaster.extras import missing_extra, missing_extra_message
 
 DEFAULT_RUNNERS: dict[str, str] = {"cloud": "capacity_forecaster.runner.SageMakerRunner"}
-"""Environment name -> import path of the runner ``kedro run --env <name>`` uses when ``--runner`` is absent."""
+"""Environment name -> import path of the runner that ``kedro run --env <name>`` uses without ``--runner``."""
 _SAGEMAKER_RUNNERS = {
     "capacity_forecaster.runner.SageMakerRunner",
     "capacity_forecaster.runners.SageMakerRunner",

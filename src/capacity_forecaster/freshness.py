@@ -37,7 +37,7 @@ def last_observed_days(clean_server_metrics: pd.DataFrame) -> pd.DataFrame:
 
 
 def find_stale_servers(clean_server_metrics: pd.DataFrame, stale_after_days: int) -> pd.DataFrame:
-    """Returns the servers silent for more than ``stale_after_days`` days: ``server_id, last_day, days_silent``.
+    """The servers silent for more than ``stale_after_days`` days: ``server_id, last_day, days_silent``.
 
     A server with no observed value at all counts as silent since before its history.
     """
@@ -46,4 +46,8 @@ def find_stale_servers(clean_server_metrics: pd.DataFrame, stale_after_days: int
     days = last_observed_days(clean_server_metrics)
     never = days["last_day"].isna()
     stale = never | (days["days_silent"].fillna(0) > stale_after_days)
-    return days.loc[stale].sort_values(["days_silent", "server_id"], ascending=[False, True]).reset_index(drop=True)
+    return (
+        days.loc[stale]
+        .sort_values(["days_silent", "server_id"], ascending=[False, True])
+        .reset_index(drop=True)
+    )

@@ -1,8 +1,8 @@
 """Splitting a fleet into shards by a stable hash of ``server_id``.
 
 A server's shard depends only on its id and the shard count: the same in every run, process and machine
-(Python's ``hash`` is salted per process, so it is not used). Shards are named ``shard-<i>-of-<K>`` with
-``i`` from 1 to ``K``; the name carries ``K`` so that partitions of a run with another count are never mixed in.
+(Python's ``hash`` is salted per process, so it is not used). Shards are named ``shard-<i>-of-<K>`` with ``i``
+from 1 to ``K``; the name carries ``K`` so that partitions of a run with another count are never mixed in.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def shard_name(index: int, shards: int) -> str:
 
 def parse_shard_name(name: str) -> tuple[int, int]:
     """``(index, shards)`` of a ``shard-<i>-of-<K>`` name (a partition key may end in a file suffix)."""
-    match = _SHARD_NAME.match(name.split("/")[-1].split(".")[0])
+    match = _SHARD_NAME.match(name.rpartition("/")[2].partition(".")[0])
     if not match:
         raise ValueError(f"{name!r} is not a shard name (expected 'shard-<i>-of-<K>')")
     return int(match.group(1)), int(match.group(2))

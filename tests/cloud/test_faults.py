@@ -133,6 +133,23 @@ def test_server_error_during_a_multipart_save_names_dataset_uri_and_reason(
     assert object_keys(bucket) == {} and _open_uploads(bucket) == []  # nothing half-written
 
 
+def test_server_error_on_one_partition_names_it_and_commits_no_partition(proxy, cloud_dataset, bucket):
+    dataset = cloud_dataset("model_input_shards")
+    folder = "forecasts/intermediate/shards/model_input_shards"
+    fault = proxy.fail(lambda r: upload_part(r) and r.path.endswith("/shard-2-of-2.parquet"))
+    with pytest.raises(DatasetError) as err:
+        dataset.save({f"shard-{i}-of-2": pd.DataFrame({"y": [float(i)]}) for i in (1, 2)})
+    error = _cause(err)
+    assert fault.hits >= 1
+    assert (error.dataset_name, error.uri, error.problem.code) == (
+        "model_input_shards",
+        f"s3://{bucket}/{folder}/shard-2-of-2.parquet",
+        "ServiceError",
+    )
+    assert "HTTP 500 InternalError on UploadPart: We encountered an internal error." in str(error)
+    assert object_keys(bucket) == {} and _open_uploads(bucket) == []  # shard 1 was not committed either
+
+
 def _closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -30,7 +30,8 @@ def _register(scored: pd.DataFrame, history: pd.DataFrame) -> pd.DataFrame:
     inventory = inventory_frame({s: (4, 16, 0.2) for s in scored["server_id"].unique()})
     plan, _ = plan_consolidation(scored, inventory, 75.0, 730.0, None)
     profiles = profile_utilisation(history, 365, 7, 180, **CALENDAR)
-    return build_risk_register(scored, profiles, plan, inventory, rightsizing_frame()).set_index(["server_id", "metric"])
+    register = build_risk_register(scored, profiles, plan, inventory, rightsizing_frame())
+    return register.set_index(["server_id", "metric"])
 
 
 def test_recent_days_above_the_threshold_flag_a_server_the_forecast_misses():

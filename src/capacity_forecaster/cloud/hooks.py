@@ -13,6 +13,14 @@ whose filesystem is S3, :func:`guard_dataset` wraps that *instance's* ``load`` a
 - failures whose cause is S3 (a server error included, or, on load, an object that cannot be parsed) are
   re-raised as :class:`CloudDatasetError` naming the dataset, its ``s3://`` URI, the service's reason and what
   to do (for a dataset not written yet: the pipelines to run, or the ``kedro cloud push`` for a raw one).
+- a kedro-datasets ``PartitionedDataset`` (the per-shard datasets) is saved by one partition dataset per
+  partition, made inside its ``save``. Each partition dataset it makes is guarded too: its writes join one
+  transaction that spans the whole ``save``, so a failure in any partition commits none of them (the
+  partitions saved before stay as they were), and its load and save failures name the partition's URI.
+  ``overwrite: true`` deletes the old partitions only after the new ones are committed (kedro-datasets
+  deletes them first, so a failed save would leave none). Limit: S3 cannot commit several objects at once;
+  if completing one partition's upload fails after another's succeeded, the committed ones stay (the
+  error names the one that failed).
 
 Before a run, :meth:`S3DatasetHooks.before_pipeline_run` checks each bucket the pipeline uses once (exists,
 readable, in the configured region, reachable within seconds), so a wrong ``CF_BUCKET``, missing
@@ -27,11 +35,13 @@ import os
 import pkgutil
 import posixpath
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from copy import deepcopy
 from typing import Any
 
 from kedro.framework.hooks import hook_impl
+from kedro_datasets.partitions import PartitionedDataset
 
 from .errors import NO_SUCH_BUCKET, NO_SUCH_KEY, CloudDatasetError, S3Problem, classify, classify_unreadable
 from .settings import ENV_SKIP_BUCKET_CHECK, split_s3_uri
@@ -41,6 +51,7 @@ logger = logging.getLogger(__name__)
 
 _SAVE_LOCK = threading.RLock()
 _GUARDED = "_cf_s3_guarded"
+_S3_PROTOCOLS = ("s3", "s3a", "s3n")
 
 
 def _storage(dataset: Any) -> Any:
@@ -54,68 +65,215 @@ def _storage(dataset: Any) -> Any:
 
 
 def s3_uri(dataset: Any) -> str | None:
-    """``s3://bucket/key`` of a filesystem-backed dataset on S3, or ``None`` for any other dataset."""
+    """``s3://bucket/key`` of a filesystem-backed dataset on S3 (the folder of a ``PartitionedDataset``), or
+    ``None`` for any other dataset."""
+    if isinstance(dataset, PartitionedDataset):
+        if dataset._protocol not in _S3_PROTOCOLS:
+            return None
+        return f"s3://{str(dataset._path).split('://', 1)[1].strip('/')}"
     storage = _storage(dataset)
     if (
         storage is None
-        or storage._protocol not in ("s3", "s3a")
+        or storage._protocol not in _S3_PROTOCOLS
         or getattr(storage, "_filepath", None) is None
     ):
         return None
     return f"s3://{str(storage._filepath).lstrip('/')}"
 
 
+def _filesystem(dataset: Any) -> Any:
+    """The fsspec filesystem of an S3 dataset. A ``PartitionedDataset`` gets it from fsspec's instance cache
+    on each use, which holds one instance per thread."""
+    if isinstance(dataset, PartitionedDataset):
+        return dataset._filesystem
+    return _storage(dataset)._fs
+
+
 def _region(dataset: Any) -> str:
-    fs = getattr(_storage(dataset), "_fs", None)
-    return str((getattr(fs, "client_kwargs", None) or {}).get("region_name", ""))
+    return str((getattr(_filesystem(dataset), "client_kwargs", None) or {}).get("region_name", ""))
 
 
 def guard_dataset(name: str, dataset: Any) -> bool:
     """Wraps ``dataset.load``/``dataset.save`` of an S3 dataset in place; returns whether it is guarded.
 
-    Idempotent; datasets not on S3 are left untouched.
+    Idempotent; datasets not on S3, and ``PartitionedDataset``s whose partitions are not filesystem-backed
+    datasets, are left untouched.
     """
     uri = s3_uri(dataset)
     if uri is None:
         return False
     if getattr(dataset, _GUARDED, False):
         return True
-    load, save = dataset.load, dataset.save
+    if isinstance(dataset, PartitionedDataset):
+        if s3_uri(_partition_probe(dataset)) is None:
+            return False
+        _guard_partitioned(name, dataset, uri)
+    else:
+        _guard_file(name, dataset, uri)
+    setattr(dataset, _GUARDED, True)
+    return True
+
+
+def _guard_file(name: str, dataset: Any, uri: str) -> None:
+    """One object per save: the save is committed in a transaction of its own."""
     region = _region(dataset)
     storage = _storage(dataset)
     fs = storage._fs
-
-    def guarded_load() -> Any:
-        try:
-            return load()
-        except Exception as exc:
-            problem = classify(exc) or classify_unreadable(exc)
-            if problem.code == NO_SUCH_KEY:
-                problem = _missing_bucket(fs, uri) or problem.with_action(_how_to_create(name))
-            raise CloudDatasetError(name, uri, "load", problem, region) from exc
+    save = dataset.save
 
     def guarded_save(data: Any) -> None:
         try:
             with (
+                _save_failures_named(name, uri, region),
                 sigterm_raises(f"saving {name!r} to {uri}"),
                 _SAVE_LOCK,
                 fs.transaction,
                 _saving_version_is_latest(storage),
             ):
                 save(data)
-        except Exception as exc:
-            problem = classify(exc)
-            if problem is None:
-                raise  # not an S3 problem (e.g. data the format cannot hold); nothing was committed
-            raise CloudDatasetError(name, uri, "save", problem, region) from exc
         finally:
             fs.invalidate_cache()
             if getattr(storage, "_version", None) is not None:
                 storage._clear_version_cache()
 
-    dataset.load, dataset.save = guarded_load, guarded_save
-    setattr(dataset, _GUARDED, True)
-    return True
+    dataset.load, dataset.save = _guarded_load(name, uri, fs, region, dataset.load), guarded_save
+
+
+def _guarded_load(name: str, uri: str, fs: Any, region: str, load: Callable[[], Any]) -> Callable[[], Any]:
+    """``load`` raising :class:`CloudDatasetError` when S3 is the cause or the object cannot be parsed."""
+
+    def guarded_load() -> Any:
+        try:
+            return load()
+        except Exception as exc:
+            problem = classify(exc) or _no_partitions(exc) or classify_unreadable(exc)
+            if problem.code == NO_SUCH_KEY:
+                problem = _missing_bucket(fs, uri) or problem.with_action(_how_to_create(name))
+            raise CloudDatasetError(name, uri, "load", problem, region) from exc
+
+    return guarded_load
+
+
+@contextmanager
+def _save_failures_named(name: str, uri: str, region: str) -> Iterator[None]:
+    """Re-raises an S3 failure as :class:`CloudDatasetError` naming ``uri``. Other errors (data the format
+    cannot hold: nothing was committed) and one that already names a partition pass unchanged."""
+    try:
+        yield
+    except Exception as exc:
+        problem = None if isinstance(exc, CloudDatasetError) else classify(exc)
+        if problem is None:
+            raise
+        raise CloudDatasetError(name, uri, "save", problem, region) from exc
+
+
+def _no_partitions(exc: Exception) -> S3Problem | None:
+    """A ``PartitionedDataset`` with nothing under its folder (kedro-datasets' ``DatasetError``)."""
+    return S3Problem(NO_SUCH_KEY, str(exc)) if str(exc).startswith("No partitions found") else None
+
+
+def _partition_probe(dataset: PartitionedDataset) -> Any:
+    """A partition dataset as ``dataset`` makes them (never loaded or saved), to see where it stores data."""
+    config = deepcopy(dataset._dataset_config)
+    config[dataset._filepath_arg] = dataset._join_protocol(dataset._partition_to_path("probe"))
+    return dataset._dataset_type(**config)
+
+
+class _PartitionsSave:
+    """The save of a guarded ``PartitionedDataset`` in progress: one transaction on every filesystem its
+    partitions are written with (normally one), and the keys written."""
+
+    def __init__(self) -> None:
+        self._transactions: ExitStack | None = None
+        self._filesystems: list[Any] = []
+        self.written: set[str] = set()
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Commits every partition written inside when the block succeeds, none when it raises."""
+        self.written, self._filesystems = set(), []
+        try:
+            with ExitStack() as transactions:
+                self._transactions = transactions
+                yield
+        finally:
+            self._transactions = None
+            for fs in self._filesystems:
+                fs.invalidate_cache()
+
+    def join(self, fs: Any, key: str) -> None:
+        """Called by each partition's save: its writes on ``fs`` to ``key`` are part of the transaction."""
+        if not fs._intrans:
+            self._transactions.enter_context(fs.transaction)
+            self._filesystems.append(fs)
+        self.written.add(key)
+
+
+def _guard_partitioned(name: str, dataset: PartitionedDataset, uri: str) -> None:
+    """A save writes all partitions or none; partition loads and saves name the partition's URI."""
+    region = _region(dataset)
+    saving = _PartitionsSave()
+    save, make = dataset.save, dataset._dataset_type
+
+    def make_partition(**config: Any) -> Any:
+        return _guard_partition(name, make(**config), saving)
+
+    def guarded_save(data: dict[str, Any]) -> None:
+        fs = dataset._filesystem
+        try:
+            with (
+                _save_failures_named(name, uri, region),
+                sigterm_raises(f"saving {name!r} to {uri}/"),
+                _SAVE_LOCK,
+                _replacing_after_commit(dataset, fs, saving),
+                saving.transaction(),
+            ):
+                save(data)
+        finally:
+            dataset._invalidate_caches()
+
+    make_partition.__name__ = make.__name__  # PartitionedDataset's description shows the type's name
+    dataset._dataset_type = make_partition
+    dataset.load = _guarded_load(name, uri, _filesystem(dataset), region, dataset.load)
+    dataset.save = guarded_save
+
+
+def _guard_partition(name: str, partition: Any, saving: _PartitionsSave) -> Any:
+    """Guards one partition dataset of the partitioned dataset ``name`` (its folder's URI aside, such as the
+    placeholder ``PartitionedDataset`` makes for its description, which is left as it is)."""
+    uri = s3_uri(partition)
+    if uri is None:
+        return partition
+    storage = _storage(partition)
+    fs, region, save = storage._fs, _region(partition), partition.save
+
+    def guarded_save(data: Any) -> None:
+        version = getattr(storage, "_version", None)
+        key = storage._get_versioned_path(storage.resolve_save_version()) if version else storage._filepath
+        saving.join(fs, str(key))
+        with _save_failures_named(name, uri, region), _saving_version_is_latest(storage):
+            save(data)
+
+    partition.load, partition.save = _guarded_load(name, uri, fs, region, partition.load), guarded_save
+    return partition
+
+
+@contextmanager
+def _replacing_after_commit(dataset: PartitionedDataset, fs: Any, saving: _PartitionsSave) -> Iterator[None]:
+    """For ``overwrite: true``: kedro-datasets deletes the folder before writing the new partitions; here
+    the old objects that the save did not rewrite are deleted once the new partitions are committed."""
+    if not dataset._overwrite:
+        yield
+        return
+    old = set(fs.find(fs._strip_protocol(dataset._normalized_path)))
+    dataset._overwrite = False
+    try:
+        yield
+    finally:
+        dataset._overwrite = True
+    stale = sorted(old - saving.written)
+    if stale:
+        fs.rm(stale)
 
 
 @contextmanager
@@ -212,7 +370,7 @@ def _buckets(catalog: Any, names: set[str]) -> dict[str, tuple[str, dict[str, An
             continue
         bucket, key = split_s3_uri(uri)
         keys.setdefault(bucket, []).append(key)
-        fs = _storage(dataset)._fs
+        fs = _filesystem(dataset)
         options.setdefault(
             bucket,
             {"region": (fs.client_kwargs or {}).get("region_name"), "config": dict(fs.config_kwargs or {})},
@@ -239,7 +397,10 @@ class S3DatasetHooks:
     def after_catalog_created(self, catalog: Any, conf_catalog: dict[str, Any]) -> None:
         """Guards every explicitly configured S3 dataset (also in notebooks and ``catalog.load``)."""
         for name, config in conf_catalog.items():
-            if isinstance(config, dict) and str(config.get("filepath", "")).startswith(("s3://", "s3a://")):
+            if not isinstance(config, dict):
+                continue
+            location = str(config.get("filepath") or config.get("path") or "")  # path: PartitionedDataset
+            if location.startswith(("s3://", "s3a://")):
                 dataset = _get(catalog, name)
                 if dataset is not None:
                     guard_dataset(name, dataset)

@@ -58,15 +58,15 @@ class MetricsExportDataset(AbstractDataset[pd.DataFrame, pd.DataFrame | Iterator
     """Loads a metrics export (CSV, ``.csv.gz`` or Parquet) on any fsspec path.
 
     The format on load follows the file's content, not only its suffix: a Parquet file named ``.csv`` is read
-    as Parquet, a gzip stream as gzip, and a CSV separated by ``;``, a tab or ``|`` (with no comma in its header
-    line) is read with that delimiter unless ``load_args`` names one. Anything else (e.g. an Excel file) is a
-    clear error naming the file.
+    as Parquet, a gzip stream as gzip, and a CSV separated by ``;``, a tab or ``|`` (with no comma in its
+    header line) is read with that delimiter unless ``load_args`` names one. Anything else (e.g. an Excel
+    file) is a clear error naming the file.
 
     The loaded frame carries its full path (with protocol, e.g. ``s3://bucket/raw/metrics.csv.gz``) in
-    ``frame.attrs["source"]``, so that ETL validation errors can name the file without the nodes knowing paths.
-    Saving writes the same format; a ``.gz`` suffix is written as gzip CSV. Reading and writing are delegated to
-    ``kedro_datasets.pandas.CSVDataset`` / ``ParquetDataset``, so ``load_args``, ``save_args``, ``credentials``
-    and ``fs_args`` mean what they mean there.
+    ``frame.attrs["source"]``, so that ETL validation errors can name the file without the nodes knowing
+    paths. Saving writes the same format; a ``.gz`` suffix is written as gzip CSV. Reading and writing are
+    delegated to ``kedro_datasets.pandas.CSVDataset`` / ``ParquetDataset``, so ``load_args``, ``save_args``,
+    ``credentials`` and ``fs_args`` mean what they mean there.
 
     With ``chunk_rows`` set, ``load()`` returns an iterator of frames of at most that many rows instead of one
     frame (memory bounded by a chunk for an export of any size); each chunk carries ``attrs["source"]`` and
@@ -93,7 +93,8 @@ class MetricsExportDataset(AbstractDataset[pd.DataFrame, pd.DataFrame | Iterator
         """Creates the dataset; the format follows the suffix of ``filepath``.
 
         Args:
-            filepath: Local path or fsspec URL (``s3://...``) ending in ``.csv``, ``.csv.gz``, ``.parquet`` or ``.pq``.
+            filepath: Local path or fsspec URL (``s3://...``) ending in ``.csv``, ``.csv.gz``, ``.parquet`` or
+                ``.pq``.
             load_args: Extra arguments for ``pandas.read_csv`` / ``pandas.read_parquet``.
             save_args: Extra arguments for ``DataFrame.to_csv`` / ``DataFrame.to_parquet``.
             credentials: fsspec credentials (e.g. ``key``/``secret`` for S3).
@@ -130,8 +131,8 @@ class MetricsExportDataset(AbstractDataset[pd.DataFrame, pd.DataFrame | Iterator
             self._delegate = CSVDataset(**common, load_args=load_args, save_args=save, fs_args=fs_args)
         else:
             raise ValueError(
-                f"MetricsExportDataset: cannot tell the format of '{self._filepath}'; the file name must end in "
-                f"one of {', '.join(_CSV_SUFFIXES + _PARQUET_SUFFIXES)}"
+                f"MetricsExportDataset: cannot tell the format of '{self._filepath}'; the file name must end "
+                f"in one of {', '.join(_CSV_SUFFIXES + _PARQUET_SUFFIXES)}"
             )
 
     def load(self) -> pd.DataFrame | Iterator[pd.DataFrame]:
@@ -144,8 +145,8 @@ class MetricsExportDataset(AbstractDataset[pd.DataFrame, pd.DataFrame | Iterator
         kind, detail, gzipped = _sniff_content(self._read_head())
         if kind == "other":
             raise ValueError(
-                f"file {self._filepath}: not a CSV or Parquet export, it holds {detail}. Export the metrics as "
-                "CSV (optionally gzip) or Parquet."
+                f"file {self._filepath}: not a CSV or Parquet export, it holds {detail}. Export the metrics "
+                "as CSV (optionally gzip) or Parquet."
             )
         if kind != self._format:
             logger.warning(
@@ -180,8 +181,8 @@ class MetricsExportDataset(AbstractDataset[pd.DataFrame, pd.DataFrame | Iterator
     def _numbered(self, frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         """Sets ``source`` and ``first_row`` (0-based position in the export) on every chunk."""
         first_row = 0
-        for frame in frames:
-            frame = frame.reset_index(drop=True)
+        for chunk in frames:
+            frame = chunk.reset_index(drop=True)
             frame.attrs.update(source=self._filepath, first_row=first_row)
             first_row += len(frame)
             yield frame

@@ -33,7 +33,7 @@ class OptionalParquetDataset(ParquetDataset):
 
 
 class OptionalCSVDataset(CSVDataset):
-    """``pandas.CSVDataset`` that loads an empty frame with ``columns``, instead of failing, when it is missing.
+    """``pandas.CSVDataset`` that loads an empty frame with ``columns`` when the file is missing, not failing.
 
     For a real export that comes without an inventory (e.g. the ``bitbrains`` environment): etl then sees
     every server as unknown and applies ``params:etl.unknown_servers``. Once the file exists it is read.
@@ -47,7 +47,7 @@ class OptionalCSVDataset(CSVDataset):
     """
 
     def __init__(self, *, columns: list[str] | None = None, **kwargs: Any) -> None:
-        """Creates the dataset; ``columns`` are those of the empty frame, the rest as ``pandas.CSVDataset``."""
+        """Creates the dataset; ``columns`` are the empty frame's, the rest as in ``pandas.CSVDataset``."""
         super().__init__(**kwargs)
         self._columns = list(columns or [])
 

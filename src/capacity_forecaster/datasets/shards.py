@@ -32,9 +32,9 @@ class ShardPartsDataset(AbstractDataset[Mapping[str, pd.DataFrame], dict[str, Ca
 
     ``save({shard_name: frame, ...})`` adds one part file per shard (``<shard>/part-00000.parquet``, then
     ``part-00001``...), so a generator node can route a large export chunk by chunk. The first save of a run
-    (of this dataset instance) empties the directory, so parts of an older run are never mixed in.
-    ``load()`` returns ``{shard_name: callable}`` like ``PartitionedDataset``: each callable reads that shard's
-    parts (in order) into one frame, so a consumer holds one shard at a time.
+    (of this dataset instance) empties the directory, so parts of an older run are never mixed in. ``load()``
+    returns ``{shard_name: callable}`` like ``PartitionedDataset``: each callable reads that shard's parts (in
+    order) into one frame, so a consumer holds one shard at a time.
 
     Example catalog entry::
 
@@ -85,7 +85,7 @@ class ShardPartsDataset(AbstractDataset[Mapping[str, pd.DataFrame], dict[str, Ca
             self._parts_saved[name] = index + 1
 
     def load(self) -> dict[str, Callable[[], pd.DataFrame]]:
-        """``{shard_name: callable}`` for every shard directory; the callable returns its parts as one frame."""
+        """``{shard_name: callable}`` for every shard directory; a callable returns its parts as one frame."""
         if not self._fs.exists(self._dir):
             return {}
         names = [p.rstrip("/").split("/")[-1] for p in self._fs.ls(self._dir, detail=False)]
@@ -124,14 +124,14 @@ def _is_shard_name(name: str) -> bool:
 
 
 class ShardedParquetDataset(ParquetDataset):
-    """``pandas.ParquetDataset`` (one Parquet file, loaded as one frame) that can also be saved shard by shard.
+    """``pandas.ParquetDataset`` (one Parquet file, loaded as one frame) that can be saved shard by shard too.
 
-    Saving a ``DataFrame`` works as in ``pandas.ParquetDataset``. Saving ``{"shard-<i>-of-<K>": frame}`` writes
-    that shard to ``<file>.parts/``; saving shard ``K`` then copies the parts, row group by row group, into the
-    file and removes them. A generator node can so write a fleet-sized table while holding one shard in memory,
-    every consumer still loads one ordinary Parquet file, and each save is complete in itself (the cloud env's
-    guard commits every save in its own S3 transaction). Shards must come in order ``1..K``; empty frames add
-    nothing.
+    Saving a ``DataFrame`` works as in ``pandas.ParquetDataset``. Saving ``{"shard-<i>-of-<K>": frame}``
+    writes that shard to ``<file>.parts/``; saving shard ``K`` then copies the parts, row group by row group,
+    into the file and removes them. A generator node can so write a fleet-sized table while holding one shard
+    in memory, every consumer still loads one ordinary Parquet file, and each save is complete in itself (the
+    cloud env's guard commits every save in its own S3 transaction). Shards must come in order ``1..K``; empty
+    frames add nothing.
 
     Example catalog entry::
 
@@ -146,7 +146,7 @@ class ShardedParquetDataset(ParquetDataset):
         self._next_shard: tuple[int, int] | None = None  # (expected index, K) while shards are being saved
 
     def save(self, data: pd.DataFrame | Mapping[str, pd.DataFrame]) -> None:
-        """Saves a frame, or one shard (``{shard_name: frame}``); the file is written when shard K is saved."""
+        """Saves a frame, or one shard (``{shard_name: frame}``); the file is written with shard K."""
         if isinstance(data, pd.DataFrame):
             super().save(data)
             return
@@ -165,7 +165,8 @@ class ShardedParquetDataset(ParquetDataset):
             self._fs.rm(parts, recursive=True)  # an interrupted run's parts
         last = pa.Table.from_pandas(frame, preserve_index=False) if not frame.empty else None
         self._next_shard = None if index == shards else (index + 1, shards)
-        if index == shards:  # written with the file: a part saved now would not be visible in an S3 transaction
+        # the last shard is written with the file: a part saved now would not be visible in an S3 transaction
+        if index == shards:
             self._combine(parts, path, last)
         elif last is not None:
             self._fs.makedirs(parts, exist_ok=True)

@@ -120,7 +120,8 @@ class LocalBackend:
 
     Args:
         store: S3 transfers (the same bucket SageMaker would read).
-        settings: Log tail length; each job is stopped at its own ``resources.max_runtime_s``, as SageMaker would.
+        settings: Log tail length; each job is stopped at its own ``resources.max_runtime_s``, as SageMaker
+            would.
         work_dir: Parent of the per-job temp folders (default: the system temp dir).
         keep_failed: Keep a failed job's folder (its ``job.log``) for inspection.
     """

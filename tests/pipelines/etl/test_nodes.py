@@ -365,8 +365,8 @@ def test_recurring_month_end_and_quarter_end_peaks_are_not_outliers():
 
 
 def test_recurring_holiday_dips_are_not_outliers_even_inside_period_end_windows():
-    """Holidays dip to 60 % (Thanksgiving sometimes inside the month-end window, Christmas inside the quarter-end
-    window) on a growing web-like series: none of it is a glitch."""
+    """Holidays dip to 60 % (Thanksgiving sometimes inside the month-end window, Christmas inside the
+    quarter-end window) on a growing web-like series: none of it is a glitch."""
     rng = np.random.default_rng(5)
     dates = pd.date_range("2022-01-01", periods=4 * 365, freq="D")
     cal = calendar_features(dates, **CALENDAR)

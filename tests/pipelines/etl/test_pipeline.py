@@ -1,4 +1,5 @@
-"""etl through a KedroSession on files in data_root, the MetricsExportDataset, and the real Bitbrains export."""
+"""etl through a KedroSession on files in data_root, through the MetricsExportDataset, on the Bitbrains
+export."""
 
 import gzip
 import json
@@ -160,8 +161,9 @@ def test_real_bitbrains_5_minute_export():
 
 @pytest.mark.skipif(not BITBRAINS.exists(), reason=f"real Bitbrains sample not present at {BITBRAINS}")
 def test_bitbrains_env_runs_without_inventory_and_a_dotted_override_changes_one_key(kedro_session, data_root):
-    """``kedro run --env bitbrains --pipelines etl --params etl.high_threshold=90``: the env's own etl keys, the
-    override and base's other etl defaults all apply (parameters merge key by key); no real peak is replaced."""
+    """``kedro run --env bitbrains --pipelines etl --params etl.high_threshold=90``: the env's own etl keys,
+    the override and base's other etl defaults all apply (parameters merge key by key); no real peak is
+    replaced."""
     with kedro_session(env="bitbrains", runtime_params={"etl": {"high_threshold": 90}}) as session:
         session.run(pipeline_names=["etl"])
     report = json.loads((data_root / "08_reporting/data_quality_report.json").read_text())

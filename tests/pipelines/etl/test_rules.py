@@ -37,7 +37,7 @@ BITBRAINS_CAPACITY = {"disk_io_p95": 102400, "network_p95": 125000}
 
 
 def run_etl(raw: pd.DataFrame, inv: pd.DataFrame | None = None, **validate) -> tuple[pd.DataFrame, dict]:
-    """validate -> aggregate -> clean -> report with the default parameters; returns clean table and report."""
+    """validate -> aggregate -> clean -> report with the default parameters; returns the table and report."""
     inv = inventory(*raw["server_id"].unique()) if inv is None else inv
     args = {"column_mapping": {}, "throughput_capacity": {}, "unknown_servers": "error", **validate}
     validated, v_stats = validate_raw_metrics(raw, inv, **args)

@@ -65,7 +65,7 @@ def dirty_fleet() -> tuple[pd.DataFrame, pd.DataFrame]:
     return raw, inventory(*SERVERS, "spare-1")
 
 
-def run_etl(tmp_path, raw, servers, shards, chunk_rows=None, etl=None, name="run"):
+def run_etl(tmp_path, raw, servers, shards, *, chunk_rows=None, etl=None, name="run"):
     """The etl pipeline's nodes and datasets, in process: split -> per-shard cleaning -> fleet report."""
     etl = {"column_mapping": {}, "throughput_capacity": {}, "unknown_servers": "drop", **(etl or {})}
     export = raw
@@ -74,12 +74,13 @@ def run_etl(tmp_path, raw, servers, shards, chunk_rows=None, etl=None, name="run
         raw.to_parquet(path, index=False)
         export = MetricsExportDataset(filepath=str(path), chunk_rows=chunk_rows).load()
     parts = ShardPartsDataset(filepath=str(tmp_path / f"{name}-raw_shards"))
-    for routed, plan in split_raw_metrics(export, servers, etl["column_mapping"], shards, 2500):
+    for routed, plan_so_far in split_raw_metrics(export, servers, etl["column_mapping"], shards, 2500):
         parts.save(routed)
+        plan = plan_so_far  # the last chunk's plan covers the whole export
     clean_ds = ShardedParquetDataset(filepath=str(tmp_path / f"{name}-clean.parquet"))
     features_ds = ShardedParquetDataset(filepath=str(tmp_path / f"{name}-features.parquet"))
     cleaning = {k: v for k, v in CLEAN_DEFAULTS.items() if k not in CALENDAR}
-    for clean, features, stats in clean_metric_shards(
+    for clean, features, stats_so_far in clean_metric_shards(
         parts.load(),
         plan,
         servers,
@@ -94,6 +95,7 @@ def run_etl(tmp_path, raw, servers, shards, chunk_rows=None, etl=None, name="run
     ):
         clean_ds.save(clean)
         features_ds.save(features)
+        stats = stats_so_far  # the last shard's statistics cover every shard
     report = build_fleet_quality_report(stats, STALE_AFTER_DAYS)
     return parts, plan, clean_ds.load(), features_ds.load(), report
 
@@ -272,8 +274,8 @@ def test_yielded_shards_are_released_once_saved(tmp_path):
 
 
 def test_kedro_run_with_three_shards_equals_one_shard(kedro_session, data_root):
-    """``kedro run --pipelines etl --params etl.shards=3`` through the catalog: the raw split on disk, the clean
-    and feature tables (one Parquet file each) and the report equal the one-shard run's."""
+    """``kedro run --pipelines etl --params etl.shards=3`` through the catalog: the raw split on disk, the
+    clean and feature tables (one Parquet file each) and the report equal the one-shard run's."""
     fleet = {"data_generation": {"n_servers": 16, "history_days": 400}}
     kedro_session(runtime_params=fleet).run(pipeline_names=["data_generation", "etl"])
     outputs = ("clean_server_metrics", "server_features", "data_quality_report")
@@ -288,7 +290,9 @@ def test_kedro_run_with_three_shards_equals_one_shard(kedro_session, data_root):
         shard_name(i, 3) for i in (1, 2, 3)
     ]
     assert (data_root / "03_primary/clean_server_metrics.parquet").is_file()
-    pd.testing.assert_frame_equal(by_keys(three["clean_server_metrics"]), by_keys(one["clean_server_metrics"]))
+    pd.testing.assert_frame_equal(
+        by_keys(three["clean_server_metrics"]), by_keys(one["clean_server_metrics"])
+    )
     pd.testing.assert_frame_equal(
         by_keys(three["server_features"]), by_keys(one["server_features"]), check_exact=False, atol=1e-4
     )
@@ -310,4 +314,6 @@ def test_shard_datasets_on_s3_under_the_cloud_guard(aws):
         parts.save({shard_name(i, 3): pd.DataFrame({"x": [i]})})
     assert table.load()["x"].tolist() == [1, 1, 3, 3]
     assert not s3fs.S3FileSystem().exists("cf-shards/processed/clean.parquet.parts")
-    assert {k: v()["x"].tolist() for k, v in parts.load().items()} == {shard_name(i, 3): [i] for i in (1, 2, 3)}
+    assert {k: v()["x"].tolist() for k, v in parts.load().items()} == {
+        shard_name(i, 3): [i] for i in (1, 2, 3)
+    }

@@ -1,11 +1,11 @@
 """ETL: validate a monitoring export, turn it into clean daily P95 on a complete calendar, and build features.
 
 Flow: ``validate_raw_metrics`` (schema, values, inventory) -> ``aggregate_daily_metrics`` (exact duplicates,
-sub-daily samples -> daily P95) -> ``clean_daily_metrics`` (complete calendar, clipping, robust outliers, short-gap
-imputation, long gaps left NaN) -> ``build_data_quality_report`` and ``build_server_features``.
+sub-daily samples -> daily P95) -> ``clean_daily_metrics`` (complete calendar, clipping, robust outliers,
+short-gap imputation, long gaps left NaN) -> ``build_data_quality_report`` and ``build_server_features``.
 
-Cleaning and features work on dense (series x days) numpy matrices: after reindexing every server to a complete
-daily calendar each series is a contiguous array, so nothing loops over servers in Python.
+Cleaning and features work on dense (series x days) numpy matrices: after reindexing every server to a
+complete daily calendar each series is a contiguous array, so nothing loops over servers in Python.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ class RawMetricsError(ValueError):
 
 # --------------------------------------------------------------------------------------------- helpers
 def _str_column(names: pd.Index | list[str], codes: np.ndarray) -> pd.Series:
-    """``names[codes]`` as a pandas ``str`` column, built in Arrow (much faster than Categorical.astype(str))."""
+    """``names[codes]`` as a pandas ``str`` column, built in Arrow (much faster than ``.astype(str)``)."""
     taken = pc.take(pa.array(np.asarray(names, dtype=object), pa.large_string()), pa.array(codes))
     return pd.Series(pd.array(taken, dtype="str"))
 
@@ -82,7 +82,7 @@ def _problem(source: str, column: str, bad: np.ndarray, frame: pd.DataFrame, wha
 
 
 def _parse_timestamps(column: pd.Series) -> pd.Series:
-    """Parses ISO 8601 timestamps (dates, date-times, offsets); time zones are converted to UTC and dropped."""
+    """Parses ISO 8601 timestamps (dates, date-times, offsets); time zones are converted to UTC, dropped."""
     if isinstance(column.dtype, pd.DatetimeTZDtype):
         return column.dt.tz_convert("UTC").dt.tz_localize(None)
     if pd.api.types.is_datetime64_dtype(column.dtype):
@@ -117,7 +117,7 @@ def _parse_metric(column: pd.Series) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _date_bounds(valid_date_range: dict[str, Any] | None) -> tuple[pd.Timestamp, pd.Timestamp]:
-    """First allowed day and the first day after the allowed range: ``max: null`` means today (UTC) + 1 day."""
+    """First allowed day and the first day after the allowed range (``max: null``: today (UTC) + 1 day)."""
     bounds = {"min": _DEFAULT_MIN_DATE, "max": None, **(valid_date_range or {})}
     unknown = set(bounds) - {"min", "max"}
     if unknown:
@@ -160,19 +160,22 @@ def validate_raw_metrics(  # noqa: PLR0912, PLR0915 (one check after the other, 
     value_scale: float | dict[str, float] | None = None,
     valid_date_range: dict[str, Any] | None = None,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """Checks a raw export and returns it typed: naive UTC timestamps, categorical server ids, float64 metrics.
+    """Checks a raw export and returns it typed: naive UTC timestamps, categorical ids, float64 metrics.
 
     Every problem found is collected first, then one ``RawMetricsError`` names the file
-    (``raw_server_metrics.attrs["source"]``), each bad column, how many rows are affected, example rows and what
-    is wrong. Empty metric cells are allowed (they become gaps); text, ``inf``, booleans, unparseable timestamps
-    and timestamps outside ``valid_date_range`` (a 1970 epoch-0 or a 2031 typo would stretch the calendar) are
-    not. A metric whose whole range sits in [0, 1] looks like 0-1 ratios exported instead of percent: it is an
-    error unless ``value_scale`` names a factor for it (100 for ratios, 1 to confirm percentages below 1 %).
+    (``raw_server_metrics.attrs["source"]``), each bad column, how many rows are affected, example rows and
+    what is wrong. Empty metric cells are allowed (they become gaps); text, ``inf``, booleans, unparseable
+    timestamps and timestamps outside ``valid_date_range`` (a 1970 epoch-0 or a 2031 typo would stretch the
+    calendar) are not. A metric whose whole range sits in [0, 1] looks like 0-1 ratios exported instead of
+    percent: it is an error unless ``value_scale`` names a factor for it (100 for ratios, 1 to confirm
+    percentages below 1 %).
 
     Args:
-        raw_server_metrics: Export with ``timestamp``, ``server_id`` and the four metric columns (after mapping).
+        raw_server_metrics: Export with ``timestamp``, ``server_id`` and the four metric columns (after
+            mapping).
         server_inventory: Inventory with a ``server_id`` column.
-        column_mapping: Export column -> project column, e.g. ``{cpu_pct: cpu_p95}`` (``params:etl.column_mapping``).
+        column_mapping: Export column -> project column, e.g. ``{cpu_pct: cpu_p95}``
+            (``params:etl.column_mapping``).
         throughput_capacity: Metric -> capacity in the export's unit, for metrics exported as throughput
             (e.g. ``{disk_io_p95: 102400}`` KB/s); those values become % of capacity
             (``params:etl.throughput_capacity``).
@@ -181,8 +184,8 @@ def validate_raw_metrics(  # noqa: PLR0912, PLR0915 (one check after the other, 
             file) makes every server unknown.
         value_scale: Factor the export's values are multiplied by, one number or per metric, e.g.
             ``{cpu_p95: 100}`` for 0-1 ratios (``params:etl.value_scale``; before ``throughput_capacity``).
-        valid_date_range: ``{min: "2000-01-01", max: null}``: first and last allowed day, ``max: null`` = today
-            (UTC) + 1 day (``params:etl.valid_date_range``).
+        valid_date_range: ``{min: "2000-01-01", max: null}``: first and last allowed day, ``max: null`` =
+            today (UTC) + 1 day (``params:etl.valid_date_range``).
 
     Returns:
         The typed frame (only the required columns) and validation statistics for the quality report.
@@ -316,8 +319,8 @@ def validate_raw_metrics(  # noqa: PLR0912, PLR0915 (one check after the other, 
                     unknown_mask,
                     frame,
                     f"name servers missing from server_inventory "
-                    f"({len(unknown_names)} server(s): {unknown_names[:10]}); add them to the inventory or set "
-                    "params:etl.unknown_servers to drop or keep",
+                    f"({len(unknown_names)} server(s): {unknown_names[:10]}); add them to the inventory "
+                    "or set params:etl.unknown_servers to drop or keep",
                 )
             )
     if problems:
@@ -375,8 +378,9 @@ def _same_server_and_time(frame: pd.DataFrame) -> np.ndarray:
 def _merge_conflicting_rows(frame: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Merges rows with the same server_id and timestamp but different values into one: the max per metric.
 
-    The max is the conservative choice for capacity (a real peak is never averaged away). Returns the frame with
-    one row per server and timestamp, and what was merged (counts and example groups) for the quality report.
+    The max is the conservative choice for capacity (a real peak is never averaged away). Returns the frame
+    with one row per server and timestamp, and what was merged (counts and example groups) for the quality
+    report.
     """
     conflicting = _same_server_and_time(frame)
     stats: dict[str, Any] = {
@@ -416,9 +420,9 @@ def _partial_day_floors(
     """Per partial day and metric, a lower bound of the P95 the full day would have had (NaN elsewhere).
 
     With ``n`` samples in a full day (the server's usual count), the linear P95 is at least ``v`` as soon as
-    ``n - floor(0.95 (n - 1))`` samples are ``>= v``; so the partial day's k-th largest sample, with that ``k``,
-    is a value its full day reached whatever the missing samples were. Cleaning never imputes a partial day
-    below it, so a peak seen in the hours that were collected is not erased.
+    ``n - floor(0.95 (n - 1))`` samples are ``>= v``; so the partial day's k-th largest sample, with that
+    ``k``, is a value its full day reached whatever the missing samples were. Cleaning never imputes a partial
+    day below it, so a peak seen in the hours that were collected is not erased.
     """
     floors = {metric: np.full(len(sizes), np.nan) for metric in _METRICS}
     if not partial.any():
@@ -442,19 +446,21 @@ def aggregate_daily_metrics(
     Rows repeating a server and timestamp with different values are merged into their max per metric (counted
     and listed in the statistics). A day that has one row keeps its values unchanged (daily input passes
     through). When a day has several samples, its value is their 95th percentile (linear interpolation, NaN
-    samples ignored). In a sub-daily export, a day with fewer samples than ``min_daily_coverage`` x the server's
-    median samples per day (e.g. an outage that left two hours of data) would give a biased P95: inside the
-    series it is marked ``is_partial`` (cleaning turns it into a gap, imputed or reported, and lists it; the
-    ``partial_floor_<metric>`` columns hold what its samples prove about the full day's P95), at the start or
-    end of a series it is dropped. Both are counted.
+    samples ignored). In a sub-daily export, a day with fewer samples than ``min_daily_coverage`` x the
+    server's median samples per day (e.g. an outage that left two hours of data) would give a biased P95:
+    inside the series it is marked ``is_partial`` (cleaning turns it into a gap, imputed or reported, and
+    lists it; the ``partial_floor_<metric>`` columns hold what its samples prove about the full day's P95), at
+    the start or end of a series it is dropped. Both are counted.
 
     Args:
         validated_metrics: Output of ``validate_raw_metrics``.
-        min_daily_coverage: Minimum share of a server's usual daily samples (``params:etl.min_daily_coverage``).
+        min_daily_coverage: Minimum share of a server's usual daily samples
+            (``params:etl.min_daily_coverage``).
 
     Returns:
-        Daily frame ``server_id`` (categorical), ``date`` (midnight), metrics, ``samples`` (rows behind the day)
-        and ``is_partial``; sorted by server and date. And the aggregation statistics for the quality report.
+        Daily frame ``server_id`` (categorical), ``date`` (midnight), metrics, ``samples`` (rows behind the
+        day) and ``is_partial``; sorted by server and date. And the aggregation statistics for the quality
+        report.
     """
     n_in = len(validated_metrics)
     deduplicated = validated_metrics.loc[~validated_metrics.duplicated()]
@@ -529,7 +535,7 @@ def aggregate_daily_metrics(
 
 # ---------------------------------------------------------------------------------------------- cleaning
 def _nanmedian_last_axis(stack: np.ndarray, min_count: int) -> np.ndarray:
-    """Median over the last axis ignoring NaN (NaN where fewer than ``min_count`` values); vectorised by sorting."""
+    """Median over the last axis ignoring NaN (NaN below ``min_count`` values); vectorised by sorting."""
     ordered = np.sort(stack, axis=-1)  # NaN sort last
     count = (~np.isnan(stack)).sum(axis=-1)
     low = np.take_along_axis(ordered, np.maximum((count - 1) // 2, 0)[..., None], axis=-1)[..., 0]
@@ -538,7 +544,7 @@ def _nanmedian_last_axis(stack: np.ndarray, min_count: int) -> np.ndarray:
 
 
 def _shift(matrix: np.ndarray, k: int) -> np.ndarray:
-    """Shifts columns right by ``k`` (value at day t-k lands on day t), NaN-padded; negative ``k`` shifts left."""
+    """Shifts columns right by ``k`` (day t-k's value lands on day t), NaN-padded; a negative ``k`` left."""
     out = np.full_like(matrix, np.nan)
     if k > 0:
         out[:, k:] = matrix[:, :-k]
@@ -550,8 +556,8 @@ def _shift(matrix: np.ndarray, k: int) -> np.ndarray:
 
 
 def _weekly_baseline(x: np.ndarray, weeks: int) -> np.ndarray:
-    """Median of the same weekday ``1..weeks`` weeks before and after (the day itself left out, so a spike cannot
-    pull its own baseline); robust to level shifts, the weekly shape and other spikes."""
+    """Median of the same weekday ``1..weeks`` weeks before and after (the day itself left out, so a spike
+    cannot pull its own baseline); robust to level shifts, the weekly shape and other spikes."""
     offsets = [k for k in range(-weeks, weeks + 1) if k]
     stack = np.empty((*x.shape, len(offsets)), dtype="float32")
     for j, k in enumerate(offsets):
@@ -574,12 +580,12 @@ def _robust_scale(deviation: np.ndarray) -> np.ndarray:
 def _flag_outliers(
     x: np.ndarray, day_classes: list[np.ndarray], weeks: int, threshold: float, min_scale: float
 ) -> np.ndarray:
-    """Robust outliers: the residual from a same-weekday baseline, divided by a robust scale, above ``threshold``.
+    """Robust outliers: residual from a same-weekday baseline, divided by a robust scale, above ``threshold``.
 
-    On recurring calendar days (each class: quarter-end window, month-end window, holidays, and their overlaps)
-    a value is judged against that series' own distribution on those days: its typical residual there is
-    subtracted and the scale is the larger of the series' scale and the class's, so recurring peaks and dips are
-    not outliers while a glitch far beyond them still is.
+    On recurring calendar days (each class: quarter-end window, month-end window, holidays, and their
+    overlaps) a value is judged against that series' own distribution on those days: its typical residual
+    there is subtracted and the scale is the larger of the series' scale and the class's, so recurring peaks
+    and dips are not outliers while a glitch far beyond them still is.
     """
     residual = x - _weekly_baseline(x, weeks)
     deviation = np.abs(residual - _nanmedian_last_axis(residual, min_count=1)[:, None])
@@ -606,7 +612,7 @@ def _neighbours(valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _interpolate(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Linear interpolation across NaN runs; returns the filled matrix, and each cell's gap length and edge flag."""
+    """Linear interpolation across NaN runs: the filled matrix, and each cell's gap length and edge flag."""
     valid = ~np.isnan(x)
     prev, nxt = _neighbours(valid)
     rows = np.arange(x.shape[0])[:, None]
@@ -651,8 +657,8 @@ def _server_last_days(
     """The smallest long table on which ``capacity_forecaster.freshness`` answers as on the clean table.
 
     Per server: its last calendar day with an empty value, and its last day with an observed (not imputed)
-    value; a server without one has only the first row. Computed from the dense matrices, it spares the quality
-    report a pass over tens of millions of clean rows.
+    value; a server without one has only the first row. Computed from the dense matrices, it spares the
+    quality report a pass over tens of millions of clean rows.
     """
     has_value = last_observed >= 0
     return pd.DataFrame(
@@ -691,25 +697,27 @@ def clean_daily_metrics(  # noqa: PLR0915
     """Builds the clean long table: complete calendar, clipped, outliers flagged, short gaps imputed.
 
     Per server the calendar runs from its first to its last day. Per metric series, in this order:
-    values < 0 or > 100 are clipped (``is_clipped``); outliers are flagged (``is_outlier``) when their distance
-    from a robust baseline exceeds ``outlier_threshold`` x 1.4826 x MAD of the series' residuals. The baseline is
-    the median of the same weekday over +-``outlier_window_weeks`` weeks, and on month-end, end-of-quarter and
-    holiday days the series' typical residual on such days is subtracted first, so peaks that recur are not
-    flagged while one-off glitches are. With ``replace_outliers`` flagged values of a daily export (one row per
-    day) are re-estimated like gaps. A day aggregated from sub-daily samples is never replaced by this rule: its
-    P95 of many samples is already robust to a single glitch, so an unusual day is a real one (flagged, kept).
-    Partial days (``is_partial`` from aggregation: a collection artefact) become gaps, never imputed below the
-    lower bound their samples prove (``partial_floor_<metric>``). Every replaced day is
-    listed in the statistics (server, metric, date, before, after, rule), those above ``high_threshold`` counted.
-    Runs of missing days up to ``max_gap_days`` long with observed days on both sides are imputed
-    (``is_imputed``); longer gaps and gaps at a series edge stay NaN and are listed in the statistics.
+    values < 0 or > 100 are clipped (``is_clipped``); outliers are flagged (``is_outlier``) when their
+    distance from a robust baseline exceeds ``outlier_threshold`` x 1.4826 x MAD of the series' residuals. The
+    baseline is the median of the same weekday over +-``outlier_window_weeks`` weeks, and on month-end,
+    end-of-quarter and holiday days the series' typical residual on such days is subtracted first, so peaks
+    that recur are not flagged while one-off glitches are. With ``replace_outliers`` flagged values of a daily
+    export (one row per day) are re-estimated like gaps. A day aggregated from sub-daily samples is never
+    replaced by this rule: its P95 of many samples is already robust to a single glitch, so an unusual day is
+    a real one (flagged, kept). Partial days (``is_partial`` from aggregation: a collection artefact) become
+    gaps, never imputed below the lower bound their samples prove (``partial_floor_<metric>``). Every replaced
+    day is listed in the statistics (server, metric, date, before, after, rule), those above
+    ``high_threshold`` counted. Runs of missing days up to ``max_gap_days`` long with observed days on both
+    sides are imputed (``is_imputed``); longer gaps and gaps at a series edge stay NaN and are listed in the
+    statistics.
 
     Args:
         daily_metrics: Output of ``aggregate_daily_metrics``.
         max_gap_days: Longest gap that is imputed (``params:etl.max_gap_days``).
         imputation_method: ``time`` (linear in time) or ``seasonal`` (linear between the same weekdays)
             (``params:etl.imputation_method``).
-        outlier_threshold: Robust z-score above which a value is an outlier (``params:etl.outlier_threshold``).
+        outlier_threshold: Robust z-score above which a value is an outlier
+            (``params:etl.outlier_threshold``).
         outlier_window_weeks: Weeks each side in the weekday baseline (``params:etl.outlier_window_weeks``).
         outlier_min_scale: Floor of the robust scale in percentage points, so flat series do not flag noise
             (``params:etl.outlier_min_scale``).
@@ -721,8 +729,8 @@ def clean_daily_metrics(  # noqa: PLR0915
             and logged (``params:etl.high_threshold``).
 
     Returns:
-        ``clean_server_metrics`` (server_id, metric, date, value, is_imputed, is_clipped, is_outlier; sorted by
-        server_id, metric, date) and the cleaning statistics for the quality report.
+        ``clean_server_metrics`` (server_id, metric, date, value, is_imputed, is_clipped, is_outlier; sorted
+        by server_id, metric, date) and the cleaning statistics for the quality report.
     """
     if imputation_method not in _IMPUTATION_METHODS:
         raise ValueError(
@@ -889,7 +897,8 @@ def clean_daily_metrics(  # noqa: PLR0915
     }
     if above.any():
         logger.warning(
-            "%d replaced day(s) were above %.0f %% and are lower after (data_quality_report.replaced_days): %s",
+            "%d replaced day(s) were above %.0f %% and are lower after "
+            "(data_quality_report.replaced_days): %s",
             int(above.sum()),
             high_threshold,
             _records(replaced_days.loc[above].head(_N_EXAMPLES)),
@@ -908,10 +917,12 @@ def clean_daily_metrics(  # noqa: PLR0915
 
 # ---------------------------------------------------------------------------------------------- reporting
 _REPLACED_DAY_RULES = {
-    "outlier_daily_value": "a daily export's single value far from its same-weekday baseline (robust z-score "
-    "above outlier_threshold), re-estimated like a short gap; sub-daily P95 days are never replaced this way",
-    "partial_day": "a sub-daily day with fewer samples than min_daily_coverage x the server's usual count (a "
-    "collection artefact): its P95 is biased, so it became a gap (after = imputed value, null if left missing)",
+    "outlier_daily_value": "a daily export's single value far from its same-weekday baseline (robust "
+    "z-score above outlier_threshold), re-estimated like a short gap; sub-daily P95 days are never replaced "
+    "this way",
+    "partial_day": "a sub-daily day with fewer samples than min_daily_coverage x the server's usual count "
+    "(a collection artefact): its P95 is biased, so it became a gap (after = imputed value, null if left "
+    "missing)",
 }
 
 
@@ -923,13 +934,48 @@ def _int_or_none(value: Any) -> int | None:
     return None if pd.isna(value) else int(value)
 
 
+# The report's counts: each adds up across shards (the fleet's is the sum of the shards').
+_ADDITIVE_COUNTS = (
+    "rows_in",
+    "rows_out",
+    "values_out",
+    "servers",
+    "unknown_server_rows_dropped",
+    "unknown_server_rows_kept",
+    "inventory_servers_without_metrics",
+    "duplicates_removed",
+    "conflicting_rows_merged",
+    "subdaily_samples_aggregated",
+    "daily_rows_observed",
+    "sparse_days_blanked",
+    "sparse_edge_days_dropped",
+    "calendar_days_added",
+    "values_observed",
+    "values_missing",
+    "values_imputed",
+    "values_left_missing",
+    "values_clipped",
+    "values_flagged_outlier",
+    "outliers_replaced",
+    "outliers_kept_sub_daily",
+    "days_replaced",
+    "days_replaced_above_high_threshold",
+)
+
+
+def _counts(*stage_stats: dict[str, Any]) -> dict[str, int]:
+    """The ``_ADDITIVE_COUNTS`` of a data set, from its validation, aggregation and cleaning statistics."""
+    merged = {key: value for stats in stage_stats for key, value in stats.items()}
+    return {key: merged[key] for key in _ADDITIVE_COUNTS}
+
+
 def build_data_quality_report(
     validation_stats: dict[str, Any],
     aggregation_stats: dict[str, Any],
     cleaning_stats: dict[str, Any],
     stale_after_days: int,
 ) -> dict[str, Any]:
-    """Merges the stage statistics into the quality report and checks that every row and value is accounted for.
+    """Merges the stage statistics into the quality report; checks that every row and value is accounted for.
 
     Identities (each is recomputed here and the node fails if one does not hold):
     ``rows_in = unknown_server_rows_dropped + duplicates_removed + conflicting_rows_merged +
@@ -979,10 +1025,7 @@ def build_data_quality_report(
     report = {
         "source": v["source"],
         "sampling": a["sampling"],
-        "rows_in": v["rows_in"],
-        "rows_out": c["rows_out"],
-        "values_out": c["values_out"],
-        "servers": c["servers"],
+        **_counts(v, a, c),
         "first_date": c["first_date"],
         "last_date": c["last_date"],
         "valid_date_range": v["valid_date_range"],
@@ -990,34 +1033,9 @@ def build_data_quality_report(
         "server_inventory": v["server_inventory"],
         "unknown_servers": v["unknown_servers"],
         "unknown_servers_action": v["unknown_servers_action"],
-        "unknown_server_rows_dropped": v["unknown_server_rows_dropped"],
-        "unknown_server_rows_kept": v["unknown_server_rows_kept"],
-        "inventory_servers_without_metrics": v["inventory_servers_without_metrics"],
-        "duplicates_removed": a["duplicates_removed"],
-        "conflicting_rows_merged": a["conflicting_rows_merged"],
         "conflicting_duplicates": a["conflicting_duplicates"],
-        "subdaily_samples_aggregated": a["subdaily_samples_aggregated"],
-        "daily_rows_observed": a["daily_rows_observed"],
-        "sparse_days_blanked": a["sparse_days_blanked"],
-        "sparse_edge_days_dropped": a["sparse_edge_days_dropped"],
-        "calendar_days_added": c["calendar_days_added"],
-        **{
-            k: c[k]
-            for k in (
-                "values_observed",
-                "values_missing",
-                "values_imputed",
-                "values_left_missing",
-                "values_clipped",
-                "values_flagged_outlier",
-                "outliers_replaced",
-            )
-        },
         "outliers_kept": c["values_flagged_outlier"] - c["outliers_replaced"],
-        "outliers_kept_sub_daily": c["outliers_kept_sub_daily"],
         "high_threshold": c["high_threshold"],
-        "days_replaced": c["days_replaced"],
-        "days_replaced_above_high_threshold": c["days_replaced_above_high_threshold"],
         "days_replaced_by_rule": c["days_replaced_by_rule"],
         "replaced_day_rules": _REPLACED_DAY_RULES,
         "replaced_days": c["replaced_days"],
@@ -1067,7 +1085,7 @@ def _prefix_sums(values: np.ndarray, dtype: str = "float64") -> np.ndarray:
 
 
 def _window_before(prefix: np.ndarray, w: int) -> np.ndarray:
-    """Sum of the ``w`` rows before each row (rows t-w..t-1) from ``_prefix_sums``; NaN for the first w rows."""
+    """Sum of the ``w`` rows before each row (t-w..t-1) from ``_prefix_sums``; NaN for the first w rows."""
     n = len(prefix) - 1
     out = np.full(n, np.nan if prefix.dtype.kind == "f" else -1, dtype=prefix.dtype)
     if w < n:
@@ -1086,9 +1104,9 @@ def build_server_features(
     """Adds lags, leak-free rolling statistics and calendar features to the clean long table.
 
     ``lag_k`` is the value k days earlier in the same series. ``rolling_mean_w`` / ``rolling_std_w`` (ddof=1)
-    cover the w days ENDING THE DAY BEFORE (t-w..t-1), so a row never sees its own value; they are NaN until the
-    series has w earlier days or when a long gap (NaN) falls in the window. Computed on the flat, series-sorted
-    array with cumulative sums of per-series centred values (no groupby-rolling).
+    cover the w days ENDING THE DAY BEFORE (t-w..t-1), so a row never sees its own value; they are NaN until
+    the series has w earlier days or when a long gap (NaN) falls in the window. Computed on the flat,
+    series-sorted array with cumulative sums of per-series centred values (no groupby-rolling).
 
     Args:
         clean_server_metrics: Clean long table, sorted by server_id, metric, date with a complete calendar.
@@ -1167,34 +1185,6 @@ def build_server_features(
 
 
 # ---------------------------------------------------------------------------------------------- sharding
-_ADDITIVE_COUNTS = (
-    "rows_in",
-    "rows_out",
-    "values_out",
-    "servers",
-    "unknown_server_rows_dropped",
-    "unknown_server_rows_kept",
-    "inventory_servers_without_metrics",
-    "duplicates_removed",
-    "conflicting_rows_merged",
-    "subdaily_samples_aggregated",
-    "daily_rows_observed",
-    "sparse_days_blanked",
-    "sparse_edge_days_dropped",
-    "calendar_days_added",
-    "values_observed",
-    "values_missing",
-    "values_imputed",
-    "values_left_missing",
-    "values_clipped",
-    "values_flagged_outlier",
-    "outliers_replaced",
-    "outliers_kept_sub_daily",
-    "days_replaced",
-    "days_replaced_above_high_threshold",
-)
-
-
 def _release(*saved: dict[str, pd.DataFrame]) -> None:
     """Empties dicts a generator node yielded once Kedro has saved them (it resumes the generator only then).
 
@@ -1243,7 +1233,8 @@ def split_raw_metrics(
         raw_server_metrics: The export, as one frame or as an iterator of chunks (``chunk_rows`` of
             ``MetricsExportDataset``), which bounds memory by a chunk.
         server_inventory: Inventory; its server count sizes ``shards: auto`` (one shard without it).
-        column_mapping: Export column -> project column (``params:etl.column_mapping``), to find the id column.
+        column_mapping: Export column -> project column (``params:etl.column_mapping``), to find the id
+            column.
         shards: Shard count, or ``auto`` (``params:etl.shards``).
         servers_per_shard: Servers per shard for ``auto`` (``params:etl.servers_per_shard``).
 
@@ -1319,11 +1310,12 @@ def clean_metric_shards(  # noqa: PLR0913 - the parameters of every etl step, ea
 
     Each shard goes through ``validate_raw_metrics``, ``aggregate_daily_metrics``, ``clean_daily_metrics`` and
     ``build_server_features`` with the parameters documented there; every rule works per server, so a server's
-    rows come out as in an unsharded run. Each shard sees the inventory rows of its own servers (a server is in
-    the same shard in both), so unknown servers and inventory counts add up across shards.
+    rows come out as in an unsharded run. Each shard sees the inventory rows of its own servers (a server is
+    in the same shard in both), so unknown servers and inventory counts add up across shards.
 
     Args:
-        raw_metric_shards: ``{shard_name: loader}`` from ``split_raw_metrics`` (a shard without rows is absent).
+        raw_metric_shards: ``{shard_name: loader}`` from ``split_raw_metrics`` (a shard without rows is
+            absent).
         etl_shard_plan: The plan of ``split_raw_metrics``: shard count, source file, rows per shard.
         server_inventory: Inventory with a ``server_id`` column (or empty: every server unknown).
         column_mapping, throughput_capacity, unknown_servers, value_scale, valid_date_range: As in
@@ -1338,7 +1330,8 @@ def clean_metric_shards(  # noqa: PLR0913 - the parameters of every etl step, ea
     Yields:
         Per shard, in order: ``{shard_name: clean rows}`` (``clean_server_metrics``), ``{shard_name: feature
         rows}`` (``server_features``) and the stage statistics of the shards so far (``etl_shard_stats``:
-        ``{shard_name: {"validation": ..., "aggregation": ..., "cleaning": ...} or None for an empty shard}``).
+        ``{shard_name: {"validation": ..., "aggregation": ..., "cleaning": ...}}``, ``None`` for an empty
+        shard).
     """
     count, source = int(etl_shard_plan["shards"]), etl_shard_plan["source"]
     if not sum(etl_shard_plan["rows"].values()):
@@ -1396,6 +1389,11 @@ def _sum(parts: list[dict[str, Any]], keys: Iterable[str]) -> dict[str, int]:
     return {key: sum(part[key] for part in parts) for key in keys}
 
 
+def _additive(stats: dict[str, Any]) -> tuple[str, ...]:
+    """The ``_ADDITIVE_COUNTS`` that one stage's statistics hold."""
+    return tuple(key for key in _ADDITIVE_COUNTS if key in stats)
+
+
 def _merge_stage_stats(parts: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     """The fleet's validation, aggregation and cleaning statistics from the shards' (counts summed, lists
     joined in server order), as ``build_data_quality_report`` takes them."""
@@ -1404,15 +1402,7 @@ def _merge_stage_stats(parts: list[dict[str, Any]]) -> tuple[dict[str, Any], dic
     cs = [p["cleaning"] for p in parts]
     v = {
         **vs[0],
-        **_sum(
-            vs,
-            (
-                "rows_in",
-                "unknown_server_rows_dropped",
-                "unknown_server_rows_kept",
-                "inventory_servers_without_metrics",
-            ),
-        ),
+        **_sum(vs, _additive(vs[0])),
         "unknown_servers": sorted(set().union(*(x["unknown_servers"] for x in vs))),
     }
     if vs[0]["inventory_servers"] is not None:
@@ -1421,18 +1411,7 @@ def _merge_stage_stats(parts: list[dict[str, Any]]) -> tuple[dict[str, Any], dic
     conflicts = [x["conflicting_duplicates"] for x in ag]
     a = {
         **ag[0],
-        **_sum(
-            ag,
-            (
-                "rows_after_validation",
-                "duplicates_removed",
-                "conflicting_rows_merged",
-                "subdaily_samples_aggregated",
-                "daily_rows_observed",
-                "sparse_days_blanked",
-                "sparse_edge_days_dropped",
-            ),
-        ),
+        **_sum(ag, ("rows_after_validation", *_additive(ag[0]))),
         "sampling": "sub-daily" if any(x["sampling"] == "sub-daily" for x in ag) else "daily",
         "conflicting_duplicates": {
             **conflicts[0],
@@ -1447,18 +1426,7 @@ def _merge_stage_stats(parts: list[dict[str, Any]]) -> tuple[dict[str, Any], dic
             by_rule[rule] = by_rule.get(rule, 0) + n
     c = {
         **cs[0],
-        **_sum(
-            cs,
-            (
-                "servers",
-                "rows_out",
-                "values_out",
-                "calendar_days_added",
-                "days_replaced",
-                "days_replaced_above_high_threshold",
-                *metric_keys,
-            ),
-        ),
+        **_sum(cs, _additive(cs[0])),
         "first_date": min(x["first_date"] for x in cs),
         "last_date": max(x["last_date"] for x in cs),
         "by_metric": {m: _sum([x["by_metric"][m] for x in cs], metric_keys) for m in cs[0]["by_metric"]},
@@ -1497,10 +1465,7 @@ def build_fleet_quality_report(etl_shard_stats: dict[str, Any], stale_after_days
         report["shards"] = {
             name: dict.fromkeys(_ADDITIVE_COUNTS, 0)
             if stats is None
-            else {
-                key: {**stats["validation"], **stats["aggregation"], **stats["cleaning"]}[key]
-                for key in _ADDITIVE_COUNTS
-            }
+            else _counts(stats["validation"], stats["aggregation"], stats["cleaning"])
             for name, stats in etl_shard_stats.items()
         }
     return report

@@ -1,4 +1,5 @@
-"""etl pipeline: split the export by shard -> per shard validate, daily P95, clean, features -> quality report.
+"""etl pipeline: split the export by shard -> per shard validate, daily P95, clean, features -> quality
+report.
 
 With ``etl.shards: 1`` (the default) the one shard is the whole fleet; with K shards memory is bounded by a
 shard (and by a chunk of the export while it is split), and the outputs hold the same rows.
