@@ -14,6 +14,7 @@ from capacity_forecaster.models import (
 from capacity_forecaster.models.base import budget_series, check_long_frame
 from capacity_forecaster.pipelines.modelling.nodes import (
     backtest_forecaster,
+    backtest_shards,
     fit_forecaster,
     fit_shards,
     plan_backtest,
@@ -271,3 +272,25 @@ def test_a_series_budget_is_fleet_wide_however_the_fleet_is_sharded():
         )  # fmt: skip
         fitted = sum(s.get("fitted_on", {}).get("series", 0) for s in summaries.values())
         assert fitted == 2 * len(METRICS)  # 2 series per metric across the fleet, split over the shards
+
+
+def test_a_model_is_skipped_on_a_fleet_larger_than_its_max_fleet_servers():
+    clean, inventory = clean_tables(n_servers=3, days=120)
+    model_input = prepare_model_input(clean, inventory)
+    parts, shard_plan = split_model_input(model_input, 1, 2500)
+    plan = plan_backtest(model_input, 7, 1, 0.2, 35, 7, 1)
+    calendar = {"country": "US", "month_end_business_days": 2, "quarter_end_business_days": 5}
+    run = {"shard": None, "shard_workers": 1, "enabled": True, "kind": "seasonal_naive",
+           "hyperparameters": {}, "metric_jobs": 1, **calendar}  # fmt: skip
+    for limit, runs in ((3, True), (2, False)):
+        backtest, stats = backtest_shards(
+            parts, shard_plan, plan, max_fleet_servers=limit, backtest_folds=None, **run
+        )
+        fitted, _ = fit_shards(
+            parts, shard_plan, max_fleet_servers=limit, horizon=7, min_history_days=28, **run
+        )
+        assert bool(len(backtest["shard-1-of-1"])) == runs == bool(fitted["shard-1-of-1"])
+        assert ("skipped" in stats["shard-1-of-1"]) != runs
+    selection, plan = pd.DataFrame(columns=["model", "basis"]), {"reason": "-"}
+    board = rank_models(pd.DataFrame(), selection, plan, "mase", 0.8, 0.05, 0.65, shard_plan, stats)
+    assert board["skipped"] == {"seasonal_naive": "fleet of 3 servers > max_fleet_servers 2"}

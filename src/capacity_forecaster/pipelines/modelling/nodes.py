@@ -144,8 +144,10 @@ def prepare_model_input(clean_server_metrics: pd.DataFrame, server_inventory: pd
 
 def _within_clean_days(series: np.ndarray, day: np.ndarray, clean: np.ndarray, n_series: int) -> np.ndarray:
     """Rows from their series' first to its last clean day (rows sorted by series code, then day)."""
+    if not clean.any():
+        return np.zeros(len(series), dtype=bool)
     clean_series, clean_day = series[clean], day[clean]
-    boundary = np.r_[True, clean_series[1:] != clean_series[:-1], True] if len(clean_series) else np.zeros(1, bool)
+    boundary = np.r_[True, clean_series[1:] != clean_series[:-1], True]
     first = np.full(n_series, np.iinfo(np.int32).max, dtype=np.int32)
     last = np.full(n_series, np.iinfo(np.int32).min, dtype=np.int32)
     first[clean_series[boundary[:-1]]] = clean_day[boundary[:-1]]
@@ -490,6 +492,14 @@ def _shard_budget(hyperparameters: dict[str, Any] | None, shards: int) -> dict[s
     return settings
 
 
+def _fleet_gate(enabled: bool, max_fleet_servers: int | None, shard_plan: dict[str, Any]) -> str | None:
+    """Why an enabled model is skipped on this fleet (more servers than ``max_fleet_servers``), or None."""
+    fleet = sum(shard_plan["servers"].values())
+    if enabled and max_fleet_servers is not None and fleet > max_fleet_servers:
+        return f"fleet of {fleet} servers > max_fleet_servers {max_fleet_servers}"
+    return None
+
+
 def _run_shards(  # noqa: PLR0913, PLR0917 (the shards, how to run them, then the per-shard function's args)
     func: Callable[..., Any],
     partitions: Mapping[str, Any],
@@ -515,6 +525,7 @@ def backtest_shards(  # noqa: PLR0913 (one argument per node input)
     shard: int | None,
     shard_workers: int | None,
     enabled: bool,
+    max_fleet_servers: int | None = None,
     kind: str,
     hyperparameters: dict[str, Any],
     backtest_folds: int | None,
@@ -525,6 +536,8 @@ def backtest_shards(  # noqa: PLR0913 (one argument per node input)
 ) -> tuple[dict[str, pd.DataFrame], dict[str, dict[str, Any]]]:
     """``backtest_forecaster`` on each shard: every shard, or only ``shard``.
 
+    A model is skipped on a fleet of more than ``max_fleet_servers`` servers (its stats say why).
+
     Args:
         model_input_shards: Output of ``split_model_input`` (frames, or load callables of partitions).
         shard_plan: Output of ``split_model_input`` (the shard count K).
@@ -532,12 +545,18 @@ def backtest_shards(  # noqa: PLR0913 (one argument per node input)
         shard: ``params:modelling.shard``: None runs every shard, in parallel worker processes when the cores
             allow; ``i`` runs shard ``i`` only (one SageMaker job per shard).
         shard_workers: ``params:modelling.shard_workers``: most worker processes (None: the cores).
+        max_fleet_servers: ``params:modelling.<model>.max_fleet_servers``: the largest fleet the model
+            earns its cost on (None: any).
         enabled, kind, hyperparameters, backtest_folds, metric_jobs, country, month_end_business_days,
         quarter_end_business_days: as in ``backtest_forecaster``.
 
     Returns:
         The backtest forecasts and the timing stats, each ``{shard name: ...}``.
     """
+    skipped = _fleet_gate(enabled, max_fleet_servers, shard_plan)
+    if skipped:
+        logger.info("Model %s skipped: %s", kind, skipped)
+        enabled = False
     parts = _run_shards(
         backtest_forecaster, model_input_shards, shard_plan, shard, shard_workers,
         _cores_per_shard(enabled, metric_jobs, hyperparameters),
@@ -546,7 +565,8 @@ def backtest_shards(  # noqa: PLR0913 (one argument per node input)
         metric_jobs=metric_jobs, country=country,
         month_end_business_days=month_end_business_days, quarter_end_business_days=quarter_end_business_days,
     )  # fmt: skip
-    return {name: out[0] for name, out in parts.items()}, {name: out[1] for name, out in parts.items()}
+    stats = {name: {**out[1], **({"skipped": skipped} if skipped else {})} for name, out in parts.items()}
+    return {name: out[0] for name, out in parts.items()}, stats
 
 
 def fit_shards(  # noqa: PLR0913 (one argument per node input)
@@ -556,6 +576,7 @@ def fit_shards(  # noqa: PLR0913 (one argument per node input)
     shard: int | None,
     shard_workers: int | None,
     enabled: bool,
+    max_fleet_servers: int | None = None,
     kind: str,
     hyperparameters: dict[str, Any],
     horizon: int,
@@ -565,11 +586,13 @@ def fit_shards(  # noqa: PLR0913 (one argument per node input)
     month_end_business_days: int,
     quarter_end_business_days: int,
 ) -> tuple[dict[str, dict[str, BaseForecaster]], dict[str, dict[str, Any]]]:
-    """``fit_forecaster`` on each shard (``shard`` and ``shard_workers`` as in ``backtest_shards``).
+    """``fit_forecaster`` on each shard (``shard``, ``shard_workers`` and ``max_fleet_servers`` as in
+    ``backtest_shards``).
 
     Returns:
         The fitted ``{metric: forecaster}`` and the fit summary, each ``{shard name: ...}``.
     """
+    enabled = enabled and not _fleet_gate(enabled, max_fleet_servers, shard_plan)
     parts = _run_shards(
         fit_forecaster, model_input_shards, shard_plan, shard, shard_workers,
         _cores_per_shard(enabled, metric_jobs, hyperparameters),
@@ -1033,12 +1056,14 @@ def rank_models(  # noqa: PLR0913, PLR0917 (one argument per node input)
         ``fit_seconds`` and ``series_per_second``), ``common_folds``, ``backtest`` (requested vs used origins
         and horizon, origin dates, reason), ``seasonal_terms_off`` (per model: series per term switched off),
         ``fitted_on`` (per model: series and rows its final fit used, e.g. Prophet's ``max_series``),
+        ``skipped`` (per model: why it did not run on this fleet, ``max_fleet_servers``),
         ``selection`` (series per selected model and per basis) and ``shards`` (K and servers per shard).
     """
     model_stats = tuple(_fleet_stats(p, shard_plan) for p in model_stats)
     timing = {s["model"]: s for s in model_stats if "fit_seconds" in s}
     terms_off = {s["model"]: s["seasonal_terms_off"] for s in model_stats if "seasonal_terms_off" in s}
     fitted_on = {s["model"]: s["fitted_on"] for s in model_stats if "fitted_on" in s}
+    skipped = {s["model"]: s["skipped"] for s in model_stats if "skipped" in s}
     plan_keys = ("requested_origins", "requested_horizon", "origins", "horizon", "origin_offsets_days",
                  "origin_dates", "analysis_date", "independent_folds", "reference_history_days",
                  "min_train_days", "spacing_days", "reason", "fleet_servers")  # fmt: skip
@@ -1054,6 +1079,7 @@ def rank_models(  # noqa: PLR0913, PLR0917 (one argument per node input)
         },
         "seasonal_terms_off": terms_off,
         "fitted_on": fitted_on,
+        "skipped": skipped,
         "selection": {
             "models": model_selection["model"].value_counts().to_dict(),
             "basis": model_selection["basis"].value_counts().to_dict(),

@@ -44,6 +44,7 @@ def _model_pipeline(model: str) -> Pipeline:
         "shard": "params:modelling.shard",
         "shard_workers": "params:modelling.shard_workers",
         "enabled": f"{p}enabled",
+        "max_fleet_servers": f"{p}max_fleet_servers",
         "kind": f"{p}kind",
         "hyperparameters": f"{p}hyperparameters",
         "metric_jobs": f"{p}metric_jobs",
