@@ -169,14 +169,15 @@ class ProphetForecaster(BaseForecaster):
     def fit(self, df: pd.DataFrame) -> "ProphetForecaster":
         """Fits a new Prophet per series (at most ``max_series``) on its last ``fit_window_days`` days."""
         _quiet_stan()
-        frame = check_long_frame(df)
-        spans = frame.groupby("unique_id", sort=True)["ds"].agg(["min", "max"])
-        spans["days"] = (spans["max"] - spans["min"]).dt.days + 1
+        spans = df.groupby("unique_id", sort=True, observed=True)["ds"].agg(["min", "max"])
+        spans.index = spans.index.astype(str)
+        spans["days"] = (pd.to_datetime(spans["max"]) - pd.to_datetime(spans["min"])).dt.days + 1
         chosen = budget_series(spans, self.max_series, min(self.fit_window_days, MIN_YEARLY_DAYS))
-        if len(chosen) < len(spans):
-            frame = frame[frame["unique_id"].isin(chosen)]
+        if len(chosen) < len(spans):  # only the budget's rows are checked and copied
+            df = df[df["unique_id"].isin(chosen)]
             logger.info("Prophet fits %d of %d series (max_series=%d)", len(chosen), len(spans),
                         self.max_series)  # fmt: skip
+        frame = check_long_frame(df)
         frame = frame[
             frame["ds"]
             > frame.groupby("unique_id")["ds"].transform("max") - pd.Timedelta(days=self.fit_window_days)
