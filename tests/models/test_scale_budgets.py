@@ -294,3 +294,14 @@ def test_a_model_is_skipped_on_a_fleet_larger_than_its_max_fleet_servers():
     selection, plan = pd.DataFrame(columns=["model", "basis"]), {"reason": "-"}
     board = rank_models(pd.DataFrame(), selection, plan, "mase", 0.8, 0.05, 0.65, shard_plan, stats)
     assert board["skipped"] == {"seasonal_naive": "fleet of 3 servers > max_fleet_servers 2"}
+
+
+def test_model_input_is_the_same_from_categorical_keys_in_file_order():
+    clean, inventory = clean_tables(n_servers=12, days=60)
+    servers = list(reversed(clean["server_id"].unique()))  # categories not in text order, as etl's shards
+    categorical = clean.assign(
+        server_id=pd.Categorical(clean["server_id"], categories=servers),
+        metric=clean["metric"].astype("category"),
+    )
+    expected = prepare_model_input(clean, inventory)
+    pd.testing.assert_frame_equal(prepare_model_input(categorical, inventory), expected)

@@ -91,8 +91,8 @@ def prepare_model_input(clean_server_metrics: pd.DataFrame, server_inventory: pd
     missing = {"server_id", "metric", "date", "value"} - set(clean_server_metrics.columns)
     if missing:
         raise ValueError(f"clean_server_metrics is missing columns {sorted(missing)}")
-    server_codes, servers = pd.factorize(clean_server_metrics["server_id"].astype(str), sort=True)
-    metric_codes, metrics = pd.factorize(clean_server_metrics["metric"].astype(str), sort=True)
+    server_codes, servers = _sorted_codes(clean_server_metrics["server_id"])
+    metric_codes, metrics = _sorted_codes(clean_server_metrics["metric"])
     unknown = set(metrics) - set(METRICS)
     if unknown:
         raise ValueError(f"clean_server_metrics has unknown metrics {sorted(unknown)}; expected {METRICS}")
@@ -140,6 +140,16 @@ def prepare_model_input(clean_server_metrics: pd.DataFrame, server_inventory: pd
     )
     logger.info("Model input: %d series, %d rows", len(ids), len(frame))
     return frame
+
+
+def _sorted_codes(column: pd.Series) -> tuple[np.ndarray, pd.Index]:
+    """Integer codes of a text or categorical column and its distinct values as sorted text (no text is
+    made per row: a categorical's own codes are remapped)."""
+    codes, uniques = pd.factorize(column)
+    names = pd.Index(uniques).astype(str)
+    rank = np.empty(len(names), dtype=np.int32)
+    rank[names.argsort(kind="stable")] = np.arange(len(names), dtype=np.int32)
+    return rank[codes], names.sort_values()
 
 
 def _within_clean_days(series: np.ndarray, day: np.ndarray, clean: np.ndarray, n_series: int) -> np.ndarray:
