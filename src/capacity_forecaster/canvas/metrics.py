@@ -51,6 +51,8 @@ def score_forecasts(forecasts: pd.DataFrame, actuals: pd.DataFrame, scale: pd.Da
 
     sMAPE = 100 * mean(2 |p50 - y| / (|p50| + |y|)) over points (0/0 points count as 0);
     MASE = mean over series of mean|p50 - y| / scale; coverage = share of points with p10 <= y <= p90.
+    Models are scored one at a time (in name order), so only one model's rows are joined to the actuals at
+    once: on 10,000 servers the candidates are tens of millions of rows.
 
     Args:
         forecasts: Rows with ``server_id``, ``metric``, ``date``, ``model``, ``p10``, ``p50``, ``p90``.
@@ -60,25 +62,35 @@ def score_forecasts(forecasts: pd.DataFrame, actuals: pd.DataFrame, scale: pd.Da
     Returns:
         One row per model: ``model``, ``smape``, ``mase``, ``coverage_p10_p90``, ``n_series``, ``n_points``.
     """
-    scored = forecasts.merge(actuals.dropna(subset=["actual"]), on=[*KEYS, "date"], how="inner")
+    columns = ["model", "smape", "mase", "coverage_p10_p90", "n_series", "n_points"]
+    actuals = actuals.dropna(subset=["actual"])
+    model_codes, models = pd.factorize(forecasts["model"], sort=True)
+    rows = [_score_model(forecasts.loc[model_codes == code], actuals, scale) for code in range(len(models))]
+    rows = [row for row in rows if row is not None]
+    if not rows:
+        return pd.DataFrame(columns=columns)
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _score_model(forecasts: pd.DataFrame, actuals: pd.DataFrame, scale: pd.DataFrame) -> list | None:
+    """One model's row of ``score_forecasts`` (None when none of its rows has an actual)."""
+    scored = forecasts.merge(actuals, on=[*KEYS, "date"], how="inner")
     if scored.empty:
-        return pd.DataFrame(columns=["model", "smape", "mase", "coverage_p10_p90", "n_series", "n_points"])
+        return None
     error = (scored["p50"] - scored["actual"]).abs()
     denominator = scored["p50"].abs() + scored["actual"].abs()
-    scored = scored.assign(
-        abs_error=error,
-        smape_term=np.where(denominator > 0, 2.0 * error / denominator.where(denominator > 0, 1.0), 0.0),
-        covered=(scored["actual"] >= scored["p10"]) & (scored["actual"] <= scored["p90"]),
-    )
+    smape_term = np.where(denominator > 0, 2.0 * error / denominator.where(denominator > 0, 1.0), 0.0)
+    covered = (scored["actual"] >= scored["p10"]) & (scored["actual"] <= scored["p90"])
     per_series = (
-        scored.groupby(["model", *KEYS], as_index=False)["abs_error"].mean().merge(scale, on=KEYS, how="left")
-    )
-    per_series["mase"] = per_series["abs_error"] / per_series["scale"]
-    summary = scored.groupby("model").agg(
-        smape=("smape_term", lambda s: 100.0 * s.mean()),
-        coverage_p10_p90=("covered", "mean"),
-        n_points=("covered", "size"),
-    )
-    summary["mase"] = per_series.groupby("model")["mase"].mean()
-    summary["n_series"] = per_series.groupby("model").size()
-    return summary.reset_index()[["model", "smape", "mase", "coverage_p10_p90", "n_series", "n_points"]]
+        scored[KEYS].assign(abs_error=error).groupby(KEYS, as_index=False)["abs_error"].mean()
+        .merge(scale, on=KEYS, how="left")
+    )  # fmt: skip
+    mase = per_series["abs_error"] / per_series["scale"]
+    return [
+        scored["model"].iloc[0],
+        100.0 * pd.Series(smape_term).mean(),
+        mase.mean(),
+        covered.mean(),
+        len(per_series),
+        len(scored),
+    ]

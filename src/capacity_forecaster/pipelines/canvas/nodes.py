@@ -384,13 +384,16 @@ def compare_canvas_forecasts(  # noqa: PLR0917
         period and one row per model), ``bar``, ``backtest`` (mean per model) and ``ensemble_weights``.
     """
     canvas_model = str(canvas_run.get("model", "canvas_local"))
+    # the history's scale first: its passes over the long history never overlap the candidates in memory
+    scale = seasonal_naive_scale(clean_server_metrics[[*KEYS, "date", "value"]])
     keys = canvas_forecasts[[*KEYS, "date"]].drop_duplicates()
     others = forecasts.merge(keys, on=[*KEYS, "date"], how="inner")
     selected = others[others["is_selected"].astype(bool)].assign(model="selected")
     candidates = pd.concat([canvas_forecasts, others, selected], ignore_index=True)
+    del others, selected
     actuals = _actuals(future_metrics)
-    history = clean_server_metrics[[*KEYS, "date", "value"]]
-    scores = score_forecasts(candidates, actuals, seasonal_naive_scale(history))
+    scores = score_forecasts(candidates, actuals, scale)
+    del candidates
     scores = scores.sort_values("mase", kind="stable", na_position="last").reset_index(drop=True)
 
     canvas_row = scores[scores["model"] == canvas_model]
