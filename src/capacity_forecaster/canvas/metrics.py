@@ -36,12 +36,15 @@ def seasonal_naive_scale(history: pd.DataFrame, season: int = 7) -> pd.DataFrame
         del order
     del dates
     later = series[season:]
-    diff = np.abs(values[season:] - values[: len(later)])
+    diff = values[season:] - values[: len(later)]
+    np.abs(diff, out=diff)
     usable = (later == series[: len(later)]) & ~np.isnan(diff)
+    later, diff = later[usable], diff[usable]
+    del usable, values
     present = series[np.r_[True, series[1:] != series[:-1]]] if len(series) else series
     size = int(series.max(initial=-1)) + 1
-    sums = np.bincount(later[usable], weights=diff[usable], minlength=size)
-    counts = np.bincount(later[usable], minlength=size)
+    sums = np.bincount(later, weights=diff, minlength=size)
+    counts = np.bincount(later, minlength=size)
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = sums[present] / counts[present]
     scale = pd.DataFrame(
@@ -59,8 +62,8 @@ def _in_series_and_date_order(series: np.ndarray, dates: np.ndarray) -> bool:
     """Whether rows are sorted by series code, then strictly by date (one pass, no copy of the rows)."""
     if len(series) < 2:  # noqa: PLR2004 - a pair is needed to compare
         return True
-    step = series[1:].astype(np.int64) - series[:-1]
-    return bool(((step > 0) | ((step == 0) & (dates[1:] > dates[:-1]))).all())
+    same = series[1:] == series[:-1]
+    return bool(((series[1:] > series[:-1]) | (same & (dates[1:] > dates[:-1]))).all())
 
 
 def score_forecasts(forecasts: pd.DataFrame, actuals: pd.DataFrame, scale: pd.DataFrame) -> pd.DataFrame:
