@@ -489,7 +489,13 @@ def test_history_with_categorical_keys_gives_the_same_scores_and_profiles():
     }
     values[("web-0", "cpu_p95")][-3:] = 95.0  # recent days above both thresholds
     history = history_frame(values)
-    categorical = history.astype({"server_id": "category", "metric": "category"})
+    # categories in file order (shard by shard), not sorted, as the catalog loads a sharded etl's output
+    categorical = history.astype(
+        {
+            "server_id": pd.CategoricalDtype(["web-0", "idle-0", "batch-0"]),
+            "metric": pd.CategoricalDtype(METRICS[::-1]),
+        }
+    )
     forecasts = forecast_frame(
         {key: np.full(90, series[-28:].mean() + 20.0) for key, series in values.items()}
     )
