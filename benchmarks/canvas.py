@@ -24,6 +24,7 @@ from capacity_forecaster.pipelines.canvas.nodes import (
 )
 
 REGRESSORS = ["is_end_of_quarter", "is_month_end", "is_holiday"]
+CALENDAR = {"country": "US", "month_end_business_days": 2, "quarter_end_business_days": 5}
 
 
 def _timed(label: str, timings: dict, func, *args, **kwargs):
@@ -35,18 +36,21 @@ def _timed(label: str, timings: dict, func, *args, **kwargs):
 
 def main() -> None:
     root = Path(os.environ.get("CF_DATA_ROOT", "data"))
-    features = pd.read_parquet(root / "04_feature/server_features.parquet")
+    # as the catalog loads it (conf/base/catalog_etl.yml): keys as categoricals
+    history = pd.read_parquet(
+        root / "03_primary/clean_server_metrics.parquet", read_dictionary=["server_id", "metric"]
+    )
     forecasts = pd.read_parquet(root / "07_model_output/forecasts.parquet")
     metrics = pd.read_parquet(root / "08_reporting/model_metrics.parquet")
     future_path = root / "01_raw/future_metrics.parquet"
     future = pd.read_parquet(future_path) if future_path.exists() else pd.DataFrame()
     horizon = int(forecasts.groupby(["server_id", "metric", "model"]).size().max())
-    series = features.groupby(["server_id", "metric"]).ngroups
-    print(f"data root {root}: {series} series, {len(features)} history rows, horizon {horizon} days")
+    series = history.groupby(["server_id", "metric"], observed=True).ngroups
+    print(f"data root {root}: {series} series, {len(history)} history rows, horizon {horizon} days")
 
     timings: dict[str, float] = {}
     training = _timed(
-        "export_canvas_training_data", timings, export_canvas_training_data, features, REGRESSORS
+        "export_canvas_training_data", timings, export_canvas_training_data, history, REGRESSORS, **CALENDAR
     )
     empty, run = _timed(
         "forecast_with_autopilot (disabled)",
@@ -97,7 +101,7 @@ def main() -> None:
         forecasts,
         metrics,
         future,
-        features,
+        history,
         10.0,
         ["smape", "mase", "coverage"],
     )

@@ -28,5 +28,6 @@ def test_generated_fleet_goes_through_etl(kedro_session, data_root):
     assert clean["value"].dropna().between(0, 100).all()
     assert report["rows_in"] == len(raw) and report["accounting"]["balanced"]
     assert report["duplicates_removed"] > 0 and report["values_imputed"] > 0
-    assert features[["server_id", "metric", "date"]].equals(clean[["server_id", "metric", "date"]])
+    keys = ["server_id", "metric", "date"]  # the catalog loads clean's server_id and metric as categoricals
+    assert features[keys].equals(clean[keys].astype(features[keys].dtypes.to_dict()))
     assert {"lag_1", "lag_90", "rolling_mean_7", "is_end_of_quarter", "is_holiday"} <= set(features.columns)

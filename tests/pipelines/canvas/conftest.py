@@ -1,4 +1,5 @@
-"""A tiny fleet in the contract schemas (server_features, forecasts, model_metrics, future_metrics)."""
+"""A tiny fleet in the contract schemas (server_features and its clean_server_metrics columns, forecasts,
+model_metrics, future_metrics)."""
 
 import numpy as np
 import pandas as pd
@@ -78,8 +79,10 @@ def fleet() -> dict[str, pd.DataFrame]:
         for metric in METRICS:
             frame[metric] = by_metric.get(metric, np.full(HORIZON, 20.0))
         future_rows.append(frame)
+    server_features = pd.concat(features, ignore_index=True)
     return {
-        "server_features": pd.concat(features, ignore_index=True),
+        "server_features": server_features,
+        "clean_server_metrics": server_features[["server_id", "metric", "date", "value", "is_imputed"]],
         "forecasts": pd.concat(forecasts, ignore_index=True),
         "model_metrics": pd.DataFrame(metrics),
         "future_metrics": pd.concat(future_rows, ignore_index=True),

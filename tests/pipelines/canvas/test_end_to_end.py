@@ -19,7 +19,7 @@ ROLE = "arn:aws:iam::123456789012:role/SageMakerRole"
 
 def _write_inputs(fleet, data_root) -> None:
     for name, path in {
-        "server_features": "04_feature/server_features.parquet",
+        "clean_server_metrics": "03_primary/clean_server_metrics.parquet",
         "forecasts": "07_model_output/forecasts.parquet",
         "model_metrics": "08_reporting/model_metrics.parquet",
         "future_metrics": "01_raw/future_metrics.parquet",

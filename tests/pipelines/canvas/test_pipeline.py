@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 from kedro.runner import SequentialRunner
@@ -16,45 +17,63 @@ from capacity_forecaster.pipelines.canvas.nodes import (
 from .conftest import HISTORY_DAYS, HORIZON, SERIES
 
 REGRESSORS = ["is_end_of_quarter", "is_month_end", "is_holiday"]
+CALENDAR = {"country": "US", "month_end_business_days": 2, "quarter_end_business_days": 5}
 FALLBACK = {"path": "fallback", "model": "canvas_local", "reason": "disabled", "detail": "off"}
 
 
 def test_export_is_autopilot_layout(fleet):
-    features = fleet["server_features"]
-    before = features.copy()
-    training = export_canvas_training_data(features, REGRESSORS)
-    pd.testing.assert_frame_equal(features, before)  # input not mutated
+    clean, features = fleet["clean_server_metrics"], fleet["server_features"]
+    before = clean.copy()
+    training = export_canvas_training_data(clean, REGRESSORS, **CALENDAR)
+    pd.testing.assert_frame_equal(clean, before)  # input not mutated
     assert list(training.columns) == ["item_id", "timestamp", "target_value", *REGRESSORS]
     assert training["item_id"].nunique() == len(SERIES) and len(training) == len(SERIES) * HISTORY_DAYS
     assert training["timestamp"].str.fullmatch(r"\d{4}-\d{2}-\d{2}").all()
     assert set(training["is_holiday"].unique()) <= {0, 1} and training["is_holiday"].sum() > 0
+    # the calendar flags are those of etl's server_features (rows of both are in item and day order)
+    np.testing.assert_array_equal(
+        training[REGRESSORS].to_numpy(), features[REGRESSORS].astype("int8").to_numpy()
+    )
     assert training.loc[training["item_id"] == "srv-001|cpu_p95", "target_value"].tolist() == pytest.approx(
-        features.loc[
-            (features["server_id"] == "srv-001") & (features["metric"] == "cpu_p95"), "value"
-        ].tolist(),
+        clean.loc[(clean["server_id"] == "srv-001") & (clean["metric"] == "cpu_p95"), "value"].tolist(),
         abs=1e-4,
     )
 
 
+def test_export_of_a_categorical_history_is_the_same(fleet):
+    clean = fleet["clean_server_metrics"]
+    categorical = clean.astype({"server_id": "category", "metric": "category"})
+    pd.testing.assert_frame_equal(
+        export_canvas_training_data(categorical, REGRESSORS, **CALENDAR),
+        export_canvas_training_data(clean, REGRESSORS, **CALENDAR),
+    )
+
+
 def test_export_is_skipped_for_a_long_history_only_when_autopilot_is_off(fleet, caplog):
-    features = fleet["server_features"]
-    limit = len(features) - 1
-    skipped = export_canvas_training_data(features, REGRESSORS, enabled=False, max_rows_when_disabled=limit)
+    clean = fleet["clean_server_metrics"]
+    limit = len(clean) - 1
+    skipped = export_canvas_training_data(
+        clean, REGRESSORS, **CALENDAR, enabled=False, max_rows_when_disabled=limit
+    )
     assert skipped.empty and list(skipped.columns) == ["item_id", "timestamp", "target_value", *REGRESSORS]
     assert "canvas export skipped" in caplog.text
-    full = export_canvas_training_data(features, REGRESSORS)
-    for enabled, max_rows in ((True, limit), (False, len(features)), (False, None)):
+    full = export_canvas_training_data(clean, REGRESSORS, **CALENDAR)
+    for enabled, max_rows in ((True, limit), (False, len(clean)), (False, None)):
         pd.testing.assert_frame_equal(
             export_canvas_training_data(
-                features, REGRESSORS, enabled=enabled, max_rows_when_disabled=max_rows
+                clean, REGRESSORS, **CALENDAR, enabled=enabled, max_rows_when_disabled=max_rows
             ),
             full,
         )
 
 
-def test_export_needs_the_regressor_columns(fleet):
-    with pytest.raises(ValueError, match=r"lacks columns \['is_holiday'\]"):
-        export_canvas_training_data(fleet["server_features"].drop(columns="is_holiday"), REGRESSORS)
+def test_export_needs_the_history_columns_and_calendar_regressors(fleet):
+    with pytest.raises(ValueError, match=r"lacks columns \['value'\]"):
+        export_canvas_training_data(
+            fleet["clean_server_metrics"].drop(columns="value"), REGRESSORS, **CALENDAR
+        )
+    with pytest.raises(ValueError, match=r"\['lag_7'\] are not calendar flags"):
+        export_canvas_training_data(fleet["clean_server_metrics"], ["is_holiday", "lag_7"], **CALENDAR)
 
 
 def test_fallback_is_a_backtest_weighted_ensemble(fleet):
@@ -89,7 +108,7 @@ def test_comparison_on_a_small_fleet(fleet):
         fleet["forecasts"],
         fleet["model_metrics"],
         fleet["future_metrics"],
-        fleet["server_features"],
+        fleet["clean_server_metrics"],
         10.0,
         ["smape", "mase", "coverage", "not_there"],
     )
@@ -120,7 +139,7 @@ def test_comparison_without_actuals_says_so(fleet):
         fleet["forecasts"],
         fleet["model_metrics"],
         pd.DataFrame(),
-        fleet["server_features"],
+        fleet["clean_server_metrics"],
         10.0,
         ["mase"],
     )
@@ -143,7 +162,7 @@ def test_pipeline_nodes_are_named_and_namespaced():
 
 def test_pipeline_run_falls_back_locally(fleet, kedro_session, data_root):
     paths = {
-        "server_features": "04_feature/server_features.parquet",
+        "clean_server_metrics": "03_primary/clean_server_metrics.parquet",
         "forecasts": "07_model_output/forecasts.parquet",
         "model_metrics": "08_reporting/model_metrics.parquet",
         "future_metrics": "01_raw/future_metrics.parquet",

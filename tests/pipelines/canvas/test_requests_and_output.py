@@ -227,6 +227,47 @@ def test_scores_match_hand_computed_values():
     assert np.isnan(seasonal_naive_scale(history.assign(value=50.0))["scale"].iloc[0])  # constant: undefined
 
 
+def test_scale_and_scores_do_not_depend_on_row_order_or_key_dtype():
+    rng = np.random.default_rng(3)
+    dates = pd.date_range("2024-01-01", periods=40)
+    history = pd.concat(
+        [
+            pd.DataFrame(
+                {"server_id": s, "metric": m, "date": dates, "value": rng.uniform(10, 90, len(dates))}
+            )
+            for s in ("b", "a")
+            for m in ("memory_p95", "cpu_p95")
+        ],
+        ignore_index=True,
+    )
+    history.loc[5, "value"] = np.nan
+    ordered = history.sort_values(["server_id", "metric", "date"], ignore_index=True)
+    shuffled = history.sample(frac=1.0, random_state=1).astype(
+        {"server_id": "category", "metric": "category"}
+    )
+    by_key = ["server_id", "metric"]
+    expected = seasonal_naive_scale(ordered).sort_values(by_key, ignore_index=True)
+    for frame in (history, shuffled):
+        pd.testing.assert_frame_equal(
+            seasonal_naive_scale(frame).sort_values(by_key, ignore_index=True), expected
+        )
+    ahead = pd.date_range("2024-02-10", periods=5)
+    forecasts = pd.concat(
+        [
+            pd.DataFrame(
+                {"server_id": s, "metric": "cpu_p95", "date": ahead, "model": model, "p50": 50.0 + k}
+            )
+            for k, (s, model) in enumerate([("a", "z"), ("b", "y"), ("a", "y"), ("b", "z")])
+        ],
+        ignore_index=True,
+    ).assign(p10=lambda f: f["p50"] - 5, p90=lambda f: f["p50"] + 5)
+    actuals = forecasts[["server_id", "metric", "date"]].drop_duplicates().assign(actual=52.0)
+    scores = score_forecasts(forecasts, actuals, expected)
+    assert scores["model"].tolist() == ["y", "z"]  # one row per model, in name order
+    reversed_rows = score_forecasts(forecasts.iloc[::-1], actuals, expected)
+    pd.testing.assert_frame_equal(reversed_rows, scores)
+
+
 def test_weights_use_the_folds_every_model_has():
     """An expensive model backtested on the last fold only is compared with the others on that fold."""
     candidates = _candidates({"a": 10.0, "b": 20.0})

@@ -28,7 +28,7 @@ def _features(n_servers: int, days: int, last_day: str = "2024-12-20") -> pd.Dat
 
 
 def test_every_item_gets_its_future_regressors_from_its_own_last_day():
-    training = export_canvas_training_data(_features(3, 40), REGRESSORS)
+    training = export_canvas_training_data(_features(3, 40), REGRESSORS, "US", 2, 5)
     rows = add_future_regressors(training, 14, REGRESSORS, "US", 2, 5)
     future = rows[rows[TARGET].isna()]
     assert len(rows) == len(training) + 6 * 14
@@ -46,7 +46,7 @@ def test_every_item_gets_its_future_regressors_from_its_own_last_day():
 
 
 def test_a_fleet_larger_than_the_limit_is_split_into_files_of_whole_items():
-    training = export_canvas_training_data(_features(40, 60), REGRESSORS)
+    training = export_canvas_training_data(_features(40, 60), REGRESSORS, "US", 2, 5)
     rows = add_future_regressors(training, 14, REGRESSORS, "US", 2, 5)
     limit_mb = 0.05
     whole = rows.to_csv(index=False).encode()
@@ -64,7 +64,7 @@ def test_a_fleet_larger_than_the_limit_is_split_into_files_of_whole_items():
 
 
 def test_an_item_larger_than_the_limit_is_refused_with_its_name():
-    training = export_canvas_training_data(_features(2, 400), REGRESSORS)
+    training = export_canvas_training_data(_features(2, 400), REGRESSORS, "US", 2, 5)
     with pytest.raises(ValueError, match=r"canvas item 'srv-0000\|cpu_p95' alone is 0\.0\d MiB"):
         split_whole_items(training, 0.005)
 

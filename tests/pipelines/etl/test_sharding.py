@@ -101,7 +101,9 @@ def run_etl(tmp_path, raw, servers, shards, *, chunk_rows=None, etl=None, name="
 
 
 def by_keys(frame: pd.DataFrame) -> pd.DataFrame:
-    return frame.sort_values(KEYS, kind="stable").reset_index(drop=True)
+    # the catalog loads clean_server_metrics' keys as categoricals in file order: compared as strings
+    text = {c: "str" for c in ("server_id", "metric") if isinstance(frame[c].dtype, pd.CategoricalDtype)}
+    return frame.astype(text).sort_values(KEYS, kind="stable").reset_index(drop=True)
 
 
 def without_shards(report: dict) -> dict:

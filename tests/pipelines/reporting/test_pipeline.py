@@ -168,6 +168,21 @@ def test_quarterly_trend_means_match_a_plain_groupby(reporting_inputs):
     assert all(abs(drawn[key] - value) < 1e-9 for key, value in expected.items())
 
 
+def test_figures_of_a_history_with_categorical_keys_are_the_same(reporting_inputs):
+    # the catalog loads clean_server_metrics with server_id and metric as categoricals (read_dictionary)
+    clean, inventory = reporting_inputs["clean_server_metrics"], reporting_inputs["server_inventory"]
+    categorical = clean.astype({"server_id": "category", "metric": "category"})
+    assert (
+        plot_quarterly_trend(categorical, inventory).to_json()
+        == plot_quarterly_trend(clean, inventory).to_json()
+    )
+    clusters = reporting_inputs["server_clusters"]
+    assert (
+        plot_cluster_scatter(categorical, clusters, inventory).to_json()
+        == plot_cluster_scatter(clean, clusters, inventory).to_json()
+    )
+
+
 def test_cluster_scatter_samples_every_cluster_of_a_big_fleet(reporting_inputs):
     inputs = reporting_inputs
     fig = plot_cluster_scatter(

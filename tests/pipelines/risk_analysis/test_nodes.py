@@ -477,3 +477,32 @@ def test_register_keeps_series_without_recent_history():
         rightsizing_frame(),
     )
     assert len(register) == len(METRICS) and register["current_level"].isna().all()
+
+
+def test_history_with_categorical_keys_gives_the_same_scores_and_profiles():
+    # the catalog loads clean_server_metrics with server_id and metric as categoricals (read_dictionary)
+    rng = np.random.default_rng(5)
+    values = {
+        (server, metric): series
+        for server, archetype in (("web-0", "web"), ("batch-0", "batch"), ("idle-0", "idle"))
+        for metric, series in archetype_history(archetype, rng, 200).items()
+    }
+    values[("web-0", "cpu_p95")][-3:] = 95.0  # recent days above both thresholds
+    history = history_frame(values)
+    # categories in file order (shard by shard), not sorted, as the catalog loads a sharded etl's output
+    categorical = history.astype(
+        {
+            "server_id": pd.CategoricalDtype(["web-0", "idle-0", "batch-0"]),
+            "metric": pd.CategoricalDtype(METRICS[::-1]),
+        }
+    )
+    forecasts = forecast_frame(
+        {key: np.full(90, series[-28:].mean() + 20.0) for key, series in values.items()}
+    )
+    scored = score(forecasts, history)
+    assert (scored["recent_days_above_90"] > 0).any()
+    pd.testing.assert_frame_equal(score(forecasts, categorical), scored)
+    pd.testing.assert_frame_equal(
+        profile_utilisation(categorical, 365, 7, 180, **CALENDAR),
+        profile_utilisation(history, 365, 7, 180, **CALENDAR),
+    )

@@ -12,6 +12,7 @@ import math
 import numpy as np
 import pandas as pd
 
+from capacity_forecaster.calendar import calendar_features
 from capacity_forecaster.canvas.ensemble import common_folds, ensemble_forecasts, ensemble_weights
 from capacity_forecaster.canvas.metrics import score_forecasts, seasonal_naive_scale
 from capacity_forecaster.canvas.output import FORECAST_COLUMNS, make_item_id, split_item_id
@@ -21,19 +22,31 @@ from capacity_forecaster.schema import METRICS, QUANTILES
 
 logger = logging.getLogger(__name__)
 KEYS = ["server_id", "metric"]
+_CALENDAR_FLAGS = ("is_end_of_quarter", "is_month_end", "is_holiday")
+"""The 0/1 flags of ``calendar_features`` that can be Autopilot regressors."""
 
 
-def export_canvas_training_data(
-    server_features: pd.DataFrame,
+def export_canvas_training_data(  # noqa: PLR0917 (one argument per parameter leaf)
+    clean_server_metrics: pd.DataFrame,
     regressors: list[str],
+    country: str,
+    month_end_business_days: int,
+    quarter_end_business_days: int,
     enabled: bool = True,
     max_rows_when_disabled: int | None = None,
 ) -> pd.DataFrame:
     """Writes the history in Autopilot's time-series layout: one row per item and day.
 
+    The regressors are flags of the business calendar (``capacity_forecaster.calendar.calendar_features``,
+    as in etl's ``server_features``), computed once per day of the history and looked up per row: the export
+    never needs the wide feature table.
+
     Args:
-        server_features: ETL features (``server_id``, ``metric``, ``date``, ``value`` and calendar flags).
+        clean_server_metrics: The clean history (``server_id``, ``metric``, ``date``, ``value``).
         regressors: Calendar flag columns to pass along as 0/1 regressors (``params:canvas.regressors``).
+        country: Holiday calendar (``params:calendar.country``).
+        month_end_business_days: Month-end window length (``params:calendar.month_end_business_days``).
+        quarter_end_business_days: End-of-quarter window (``params:calendar.quarter_end_business_days``).
         enabled: ``params:canvas.enabled``: Autopilot needs the export.
         max_rows_when_disabled: With Autopilot off, a history longer than this many rows is not exported
             (``params:canvas.export_max_rows_when_disabled``; null: always exported): the local stand-in never
@@ -45,29 +58,36 @@ def export_canvas_training_data(
         columns) when Autopilot is off and the history is longer than ``max_rows_when_disabled``.
 
     Raises:
-        ValueError: If a required column is missing.
+        ValueError: If a history column is missing or a regressor is not a calendar flag.
     """
-    missing = sorted({"server_id", "metric", "date", "value", *regressors} - set(server_features.columns))
+    missing = sorted({"server_id", "metric", "date", "value"} - set(clean_server_metrics.columns))
     if missing:
-        raise ValueError(f"server_features lacks columns {missing} needed by the canvas export")
-    if not enabled and max_rows_when_disabled is not None and len(server_features) > max_rows_when_disabled:
+        raise ValueError(f"clean_server_metrics lacks columns {missing} needed by the canvas export")
+    unknown = sorted(set(regressors) - set(_CALENDAR_FLAGS))
+    if unknown:
+        raise ValueError(
+            f"params:canvas.regressors {unknown} are not calendar flags; use some of {list(_CALENDAR_FLAGS)}"
+        )
+    rows = len(clean_server_metrics)
+    if not enabled and max_rows_when_disabled is not None and rows > max_rows_when_disabled:
         logger.warning(
             "canvas export skipped: Autopilot is off (params canvas.enabled) and the history has %d rows, "
             "more "
             "than params canvas.export_max_rows_when_disabled=%d; canvas_training_data is written empty "
             "(run with canvas.enabled=true, or raise the limit, to get the Autopilot CSV)",
-            len(server_features),
+            rows,
             max_rows_when_disabled,
         )
         columns = {ITEM_ID: "str", TIMESTAMP: "str", TARGET: "float64", **dict.fromkeys(regressors, "int8")}
         return pd.DataFrame({name: pd.Series(dtype=dtype) for name, dtype in columns.items()})
-    dates = pd.to_datetime(server_features["date"])
+    dates = pd.to_datetime(clean_server_metrics["date"])
+    flags = _calendar_flags(dates, regressors, country, month_end_business_days, quarter_end_business_days)
     training = pd.DataFrame(
         {
-            ITEM_ID: make_item_id(server_features["server_id"], server_features["metric"]),
+            ITEM_ID: make_item_id(clean_server_metrics["server_id"], clean_server_metrics["metric"]),
             TIMESTAMP: dates.dt.strftime("%Y-%m-%d"),
-            TARGET: server_features["value"].astype("float64").round(4),
-            **{name: server_features[name].astype(bool).astype("int8") for name in regressors},
+            TARGET: clean_server_metrics["value"].astype("float64").round(4),
+            **flags,
         }
     )
     training = training.sort_values([ITEM_ID, TIMESTAMP], kind="stable").reset_index(drop=True)
@@ -79,6 +99,24 @@ def export_canvas_training_data(
         training[TIMESTAMP].max(),
     )
     return training
+
+
+def _calendar_flags(
+    dates: pd.Series,
+    regressors: list[str],
+    country: str,
+    month_end_business_days: int,
+    quarter_end_business_days: int,
+) -> dict[str, np.ndarray]:
+    """Each regressor's 0/1 flag per row, from the calendar of the days the history spans."""
+    if dates.empty:
+        return {name: np.zeros(0, dtype="int8") for name in regressors}
+    day = dates.to_numpy(dtype="datetime64[ns]").astype("datetime64[D]")
+    first = day.min()
+    span = pd.date_range(pd.Timestamp(first), pd.Timestamp(day.max()), freq="D")
+    calendar = calendar_features(span, country, month_end_business_days, quarter_end_business_days)
+    index = (day - first).astype(np.int64)
+    return {name: calendar[name].to_numpy(dtype=bool).astype("int8")[index] for name in regressors}
 
 
 def _horizon_problem(forecasts: pd.DataFrame, training: pd.DataFrame, horizon: int) -> str | None:
@@ -318,7 +356,7 @@ def compare_canvas_forecasts(  # noqa: PLR0917
     forecasts: pd.DataFrame,
     model_metrics: pd.DataFrame,
     future_metrics: pd.DataFrame,
-    server_features: pd.DataFrame,
+    clean_server_metrics: pd.DataFrame,
     smape_bar: float,
     backtest_columns: list[str],
 ) -> dict:
@@ -337,7 +375,7 @@ def compare_canvas_forecasts(  # noqa: PLR0917
         forecasts: The modelling forecasts (``is_selected`` marks the chosen model per series).
         model_metrics: Backtest metrics per server, metric, model and fold.
         future_metrics: True values after the analysis date (generated fleets only; may be empty).
-        server_features: History (``server_id``, ``metric``, ``date``, ``value``) for the MASE scale.
+        clean_server_metrics: History (``server_id``, ``metric``, ``date``, ``value``) for the MASE scale.
         smape_bar: Target of canvas p50 sMAPE in % (``params:canvas.smape_bar``; the plan's bar is 10).
         backtest_columns: ``model_metrics`` columns summarised per model (those present are used).
 
@@ -346,13 +384,16 @@ def compare_canvas_forecasts(  # noqa: PLR0917
         period and one row per model), ``bar``, ``backtest`` (mean per model) and ``ensemble_weights``.
     """
     canvas_model = str(canvas_run.get("model", "canvas_local"))
+    # the history's scale first: its passes over the long history never overlap the candidates in memory
+    scale = seasonal_naive_scale(clean_server_metrics[[*KEYS, "date", "value"]])
     keys = canvas_forecasts[[*KEYS, "date"]].drop_duplicates()
     others = forecasts.merge(keys, on=[*KEYS, "date"], how="inner")
     selected = others[others["is_selected"].astype(bool)].assign(model="selected")
     candidates = pd.concat([canvas_forecasts, others, selected], ignore_index=True)
+    del others, selected
     actuals = _actuals(future_metrics)
-    history = server_features[[*KEYS, "date", "value"]]
-    scores = score_forecasts(candidates, actuals, seasonal_naive_scale(history))
+    scores = score_forecasts(candidates, actuals, scale)
+    del candidates
     scores = scores.sort_values("mase", kind="stable", na_position="last").reset_index(drop=True)
 
     canvas_row = scores[scores["model"] == canvas_model]

@@ -1,6 +1,12 @@
-"""canvas pipeline: server_features -> canvas_training_data -> Autopilot (or canvas_local) -> comparison."""
+"""canvas pipeline: clean_server_metrics -> canvas_training_data -> Autopilot (or canvas_local) -> comparison.
+
+The history is the clean long table (its calendar flags are computed from the dates), not the wide
+``server_features``: on 10,000 servers that table is ~6 GB in memory, the four columns used ~1.3 GB.
+"""
 
 from kedro.pipeline import Node, Pipeline
+
+from capacity_forecaster.pipelines import CALENDAR_PARAMS
 
 from .nodes import (
     build_canvas_forecasts,
@@ -39,8 +45,9 @@ def create_pipeline(**kwargs) -> Pipeline:
             Node(
                 func=export_canvas_training_data,
                 inputs={
-                    "server_features": "server_features",
+                    "clean_server_metrics": "clean_server_metrics",
                     "regressors": f"{_P}regressors",
+                    **CALENDAR_PARAMS,
                     "enabled": f"{_P}enabled",
                     "max_rows_when_disabled": f"{_P}export_max_rows_when_disabled",
                 },
@@ -82,7 +89,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "forecasts": "forecasts",
                     "model_metrics": "model_metrics",
                     "future_metrics": "future_metrics",
-                    "server_features": "server_features",
+                    "clean_server_metrics": "clean_server_metrics",
                     "smape_bar": f"{_P}smape_bar",
                     "backtest_columns": f"{_P}backtest_columns",
                 },

@@ -45,6 +45,7 @@ _HEATMAP_COLOURS = [  # utilisation 0-100 %: blue below 80 %, orange 80-90 %, re
     [1.0, "#67001f"],
 ]
 _TEMPLATE = "plotly_white"
+_DAY_NS = 86_400 * 10**9
 
 
 def _require(frame: pd.DataFrame, columns: tuple[str, ...], name: str) -> None:
@@ -290,22 +291,29 @@ def plot_risk_heatmap(
 def _quarterly_means(clean_server_metrics: pd.DataFrame, server_inventory: pd.DataFrame) -> pd.DataFrame:
     """Mean value per metric, archetype (``unknown`` off the inventory) and quarter (``2024Q3``).
 
-    Rows are reduced to integer codes and summed with ``np.bincount``: no per-row merge or Period strings, so
-    tens of millions of rows take seconds and little memory.
+    Rows are reduced to integer codes and summed with ``np.bincount``: no per-row merge or Period strings, and
+    each row's quarter is looked up by its day number in a table of the days spanned, so tens of millions of
+    rows take seconds and little memory.
     """
     server_codes, servers = pd.factorize(clean_server_metrics["server_id"])
     metric_codes, metrics = pd.factorize(clean_server_metrics["metric"])
     archetype_of = server_inventory.drop_duplicates("server_id").set_index("server_id")["archetype"]
-    server_archetypes = pd.Series(servers).map(archetype_of).fillna("unknown").astype(str)
-    archetype_codes, archetypes = pd.factorize(server_archetypes)
-    dates = pd.DatetimeIndex(clean_server_metrics["date"])
-    quarter = dates.year.to_numpy(np.int64) * 4 + (dates.month.to_numpy(np.int64) - 1) // 3
-    first_quarter = int(quarter.min())
-    n_quarters = int(quarter.max()) - first_quarter + 1
+    server_archetypes = pd.Series(np.asarray(servers, dtype=object)).map(archetype_of).fillna("unknown")
+    archetype_codes, archetypes = pd.factorize(server_archetypes.astype(str))
+    dates = pd.to_datetime(clean_server_metrics["date"]).to_numpy(dtype="datetime64[ns]")
+    day = dates.view(np.int64) // _DAY_NS
+    first_day = int(day.min())
+    day -= first_day
+    span = pd.date_range(pd.Timestamp(first_day, unit="D"), periods=int(day.max()) + 1, freq="D")
+    quarter_of_day = span.year.to_numpy(np.int64) * 4 + (span.month.to_numpy(np.int64) - 1) // 3
+    first_quarter = int(quarter_of_day[0])
+    quarter = (quarter_of_day - first_quarter).astype(np.int16)[day]
+    del dates, day
+    n_quarters = int(quarter_of_day[-1]) - first_quarter + 1
     values = clean_server_metrics["value"].to_numpy(dtype=float)
     observed = ~np.isnan(values)
     group = metric_codes.astype(np.int64) * len(archetypes) + archetype_codes[server_codes]
-    cell = group * n_quarters + (quarter - first_quarter)
+    cell = group * n_quarters + quarter
     size = len(metrics) * len(archetypes) * n_quarters
     sums = np.bincount(cell[observed], weights=values[observed], minlength=size)
     counts = np.bincount(cell[observed], minlength=size)
