@@ -194,7 +194,7 @@ def test_missing_object_says_what_to_run(catalog):
         (
             "raw_server_metrics",
             "raw/server_metrics.csv.gz",
-            gzip.compress(b"timestamp,server_id\n2024-01-01,a\n")[:20],
+            gzip.compress(b"timestamp,server_id\n2024-01-01,a\n", mtime=0)[:20],
         ),
         ("data_quality_report", "processed/data_quality_report.json", b'{"rows_in": 1, '),
     ],
