@@ -146,7 +146,11 @@ def _sorted_codes(column: pd.Series) -> tuple[np.ndarray, pd.Index]:
     """Integer codes of a text or categorical column and its distinct values as sorted text (no text is
     made per row: a categorical's own codes are remapped)."""
     codes, uniques = pd.factorize(column)
-    names = pd.Index(uniques).astype(str)
+    return _sorted_names(codes, pd.Index(uniques).astype(str))
+
+
+def _sorted_names(codes: np.ndarray, names: pd.Index) -> tuple[np.ndarray, pd.Index]:
+    """``codes`` into ``names`` re-pointed at ``names`` sorted as text, and the sorted names."""
     rank = np.empty(len(names), dtype=np.int32)
     rank[names.argsort(kind="stable")] = np.arange(len(names), dtype=np.int32)
     return rank[codes], names.sort_values()
@@ -167,9 +171,8 @@ def _within_clean_days(series: np.ndarray, day: np.ndarray, clean: np.ndarray, n
 
 def _categorical(codes: np.ndarray, names: pd.Index) -> pd.Categorical:
     """``names[codes]`` as a categorical whose categories are sorted (groupbys then sort as on the text)."""
-    rank = np.empty(len(names), dtype=np.int32)
-    rank[names.argsort(kind="stable")] = np.arange(len(names))
-    return pd.Categorical.from_codes(rank[codes], categories=names.sort_values())
+    sorted_codes, categories = _sorted_names(codes, names)
+    return pd.Categorical.from_codes(sorted_codes, categories=categories)
 
 
 def _interpolate_inside(value: np.ndarray) -> np.ndarray:
