@@ -131,7 +131,8 @@ class ShardedParquetDataset(ParquetDataset):
     into the file and removes them. A generator node can so write a fleet-sized table while holding one shard
     in memory, every consumer still loads one ordinary Parquet file, and each save is complete in itself (the
     cloud env's guard commits every save in its own S3 transaction). Shards must come in order ``1..K``; empty
-    frames add nothing.
+    frames add nothing. ``save_args`` apply to both ways of saving (``pyarrow.parquet`` writer options such as
+    ``use_dictionary`` and ``compression``; ``index`` is ignored when saving shards: they never keep one).
 
     Example catalog entry::
 
@@ -171,7 +172,11 @@ class ShardedParquetDataset(ParquetDataset):
         elif last is not None:
             self._fs.makedirs(parts, exist_ok=True)
             with self._fs.open(f"{parts}/{name}.parquet", mode="wb") as stream:
-                pq.write_table(last, stream)
+                pq.write_table(last, stream, **self._writer_options())
+
+    def _writer_options(self) -> dict[str, Any]:
+        """``save_args`` as ``pyarrow.parquet`` writer options (without pandas' ``index``)."""
+        return {key: value for key, value in self._save_args.items() if key != "index"}
 
     def _combine(self, parts: str, path: str, last: pa.Table | None) -> None:
         """Copies the parts in shard order, then the last shard, into one file (one row group in memory)."""
@@ -183,11 +188,11 @@ class ShardedParquetDataset(ParquetDataset):
             for file in files:
                 with self._fs.open(file, mode="rb") as stream:
                     source = pq.ParquetFile(stream)
-                    writer = writer or pq.ParquetWriter(out, source.schema_arrow)
+                    writer = writer or pq.ParquetWriter(out, source.schema_arrow, **self._writer_options())
                     for group in range(source.num_row_groups):
                         writer.write_table(source.read_row_group(group).cast(writer.schema))
             if last is not None:
-                writer = writer or pq.ParquetWriter(out, last.schema)
+                writer = writer or pq.ParquetWriter(out, last.schema, **self._writer_options())
                 writer.write_table(last.cast(writer.schema))
             writer.close()
         if files:

@@ -4,6 +4,7 @@ whose shard counts add up, empty shards work, and the export can be read in boun
 import json
 
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 import s3fs
 from kedro.io import DatasetError
@@ -228,6 +229,23 @@ def test_sharded_parquet_appears_only_after_the_last_shard_and_in_order(tmp_path
         dataset.save({"shard-2-of-2": pd.DataFrame({"x": [4]})})
     dataset.save(pd.DataFrame({"x": [9]}))  # a plain frame still saves as in pandas.ParquetDataset
     assert dataset.load()["x"].tolist() == [9]
+
+
+def test_save_args_apply_to_a_sharded_save_as_to_a_plain_one(tmp_path):
+    frame = pd.DataFrame({"server_id": ["a", "a", "b"], "value": [1.0, 1.0, 2.0]})
+    options = {"use_dictionary": ["server_id"], "compression": "zstd", "index": False}
+    sharded = ShardedParquetDataset(filepath=str(tmp_path / "sharded.parquet"), save_args=options)
+    sharded.save({"shard-1-of-2": frame.iloc[:2]})
+    sharded.save({"shard-2-of-2": frame.iloc[2:]})
+    plain = ShardedParquetDataset(filepath=str(tmp_path / "plain.parquet"), save_args=options)
+    plain.save(frame)
+    for path in ("sharded.parquet", "plain.parquet"):
+        metadata = pq.ParquetFile(tmp_path / path).metadata
+        columns = [metadata.row_group(g).column(c) for g in range(metadata.num_row_groups) for c in range(2)]
+        assert {c.compression for c in columns} == {"ZSTD"}
+        dictionary = {c.path_in_schema: "RLE_DICTIONARY" in c.encodings for c in columns}
+        assert dictionary == {"server_id": True, "value": False}
+    pd.testing.assert_frame_equal(sharded.load(), frame)
 
 
 def test_shard_parts_of_an_older_run_are_not_mixed_in(tmp_path):
