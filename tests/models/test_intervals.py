@@ -79,6 +79,33 @@ def test_days_beyond_the_backtest_take_the_last_weeks_scale():
     assert other["p90"].tolist() == [60.0] * 4  # no scale for the model: unchanged
 
 
+def test_weekly_scales_are_looked_up_per_row_of_interleaved_categorical_models_and_metrics():
+    rng = np.random.default_rng(3)
+    n = 200
+    rows = pd.DataFrame(
+        {
+            "model": pd.Categorical(rng.choice(["a", "b", "c"], n)),
+            "metric": pd.Categorical(rng.choice(["cpu_p95", "memory_p95"], n)),
+            "p10": 40.0, "p50": 50.0, "p90": 60.0,
+        }
+    )  # fmt: skip
+    scales = pd.DataFrame(
+        {"model": ["a", "a", "a", "b"], "metric": ["cpu_p95", "cpu_p95", "memory_p95", "cpu_p95"],
+         "horizon_week": [0, 2, 0, 0], "scale": [2.0, 3.0, 1.5, 0.5]}
+    )  # fmt: skip
+    days = rng.integers(1, 40, n)
+    out = apply_weekly_scales(rows, scales, days)
+    table = {(m, k, w): s for m, k, w, s in scales.itertuples(index=False)}
+    last = scales.groupby(["model", "metric"])["horizon_week"].max().to_dict()
+    for model, metric, day, p90 in zip(rows["model"], rows["metric"], days, out["p90"], strict=True):
+        week = min((day - 1) // 7, last.get((model, metric), 0))
+        assert p90 == 50.0 + 10.0 * table.get((model, metric, week), 1.0)  # week 1 of a/cpu: none, so 1
+    single = apply_weekly_scales(rows, scales[scales["horizon_week"] == 0].drop(columns="horizon_week"), days)
+    keys = zip(rows["model"], rows["metric"], strict=True)
+    expected = [50.0 + 10.0 * table.get((m, k, 0), 1.0) for m, k in keys]
+    assert single["p90"].tolist() == expected
+
+
 def test_calibration_scales_each_horizon_week_and_the_ensemble_after_its_members():
     # two members, 4 independent folds of 14 days, interval +-1; noise sd 2 in week 1 and sd 6 in week 2
     rng = np.random.default_rng(5)

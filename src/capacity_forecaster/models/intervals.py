@@ -137,20 +137,25 @@ def apply_weekly_scales(frame: pd.DataFrame, scales: pd.DataFrame, days_ahead: n
     """Rescales each forecast row by its model's, metric's and horizon week's scale (1 where there is none).
 
     Days beyond the last week in ``scales`` take that week's scale. ``scales`` without ``horizon_week``
-    holds one scale per model and metric for every day.
+    holds one scale per model and metric for every day. Scales are looked up once per model and metric
+    (a table of weeks), not joined row by row: forecasts of a large fleet are tens of millions of rows.
     """
     if frame.empty:
         return frame
     if "horizon_week" not in scales.columns:
         scales = scales.assign(horizon_week=0)
     table = scales[["model", "metric", "horizon_week", "scale"]].dropna(subset=["scale"])
-    last = table.groupby(["model", "metric"])["horizon_week"].max().rename("_last").reset_index()
-    keys = frame[["model", "metric"]].reset_index(drop=True).merge(last, on=["model", "metric"], how="left")
-    week = np.minimum(horizon_weeks(days_ahead), keys["_last"].fillna(0).to_numpy(dtype=np.int64))
-    scale = (
-        keys.assign(horizon_week=week)
-        .merge(table, on=["model", "metric", "horizon_week"], how="left")["scale"]
-        .fillna(1.0)
-        .to_numpy()
-    )
+    table = table.astype({"model": str, "metric": str, "horizon_week": np.int64})
+    pair = group_ids(frame, ["model", "metric"])
+    _, first_rows = np.unique(pair, return_index=True)
+    pairs = pd.MultiIndex.from_frame(frame[["model", "metric"]].iloc[first_rows].astype(str))
+    last = table.groupby(["model", "metric"])["horizon_week"].max().reindex(pairs).fillna(0).astype(np.int64)
+    weeks = int(last.max()) + 1
+    grid = pd.MultiIndex.from_arrays(
+        [np.repeat(pairs.get_level_values(0), weeks), np.repeat(pairs.get_level_values(1), weeks),
+         np.tile(np.arange(weeks), len(pairs))]
+    )  # fmt: skip
+    by_week = table.set_index(["model", "metric", "horizon_week"])["scale"].reindex(grid).fillna(1.0)
+    week = np.minimum(horizon_weeks(days_ahead), last.to_numpy()[pair])
+    scale = by_week.to_numpy().reshape(len(pairs), weeks)[pair, week]
     return scale_interval(frame, scale)

@@ -7,7 +7,7 @@ models are fitted once per metric across all servers.
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -224,11 +224,10 @@ def _at_series(frame: pd.DataFrame, values: pd.Series) -> np.ndarray:
 def _series_table(model_input: pd.DataFrame) -> pd.DataFrame:
     """One row per series (sorted by ``unique_id``): ``unique_id, server_id, metric, archetype,
     history_days`` (text columns as plain strings)."""
-    series = model_input.groupby("unique_id", sort=True, observed=True).agg(
-        server_id=("server_id", "first"), metric=("metric", "first"), archetype=("archetype", "first"),
-        history_days=("history_days", "first"),
-    )  # fmt: skip
-    return _as_text(series.reset_index()).astype({"history_days": "int64"})
+    columns = ["unique_id", "server_id", "metric", "archetype", "history_days"]
+    first_rows = ~model_input["unique_id"].duplicated()  # a series' keys are the same on all its rows
+    series = model_input.loc[first_rows, columns].sort_values("unique_id", ignore_index=True)
+    return _as_text(series).astype({"history_days": "int64"})
 
 
 def plan_backtest(  # noqa: PLR0913, PLR0917 (one argument per node input)
@@ -471,18 +470,48 @@ def predict_forecaster(forecaster: dict[str, BaseForecaster], horizon: int) -> p
     """Forecasts ``horizon`` days after the last history day with every fitted per-metric model.
 
     Returns:
-        ``server_id, metric, date, model, p10, p50, p90`` (empty when the model is disabled).
+        ``server_id, metric, date, model, p10, p50, p90`` (keys as categoricals; empty when the model is
+        disabled).
     """
-    parts = []
-    for metric, model in forecaster.items():
-        forecast = model.predict(horizon)
-        server = forecast["unique_id"].str.rsplit(_SEPARATOR, n=1).str[0]
-        parts.append(
-            forecast.assign(server_id=server, metric=metric, model=model.alias).rename(columns={"ds": "date"})
-        )
+    parts = [_forecast_rows(model.predict(horizon), model.alias) for model in forecaster.values()]
     if not parts:
         return pd.DataFrame(columns=_FORECAST_COLUMNS)
-    return pd.concat(parts, ignore_index=True)[_FORECAST_COLUMNS]
+    return _concat_forecasts(parts)
+
+
+def _forecast_rows(forecast: pd.DataFrame, model: str) -> pd.DataFrame:
+    """A forecaster's ``unique_id, ds, p10, p50, p90`` in the forecasts schema, keys as categoricals whose
+    categories are sorted as text: each ``unique_id`` is split into server and metric once, not per row."""
+    codes, ids = pd.factorize(forecast["unique_id"])
+    names = pd.Series(pd.Index(ids).astype(str)).str.rsplit(_SEPARATOR, n=1, expand=True)
+    keys = {
+        "server_id": _categorical(*pd.factorize(names[0]))[codes] if len(ids) else pd.Categorical([]),
+        "metric": _categorical(*pd.factorize(names[1]))[codes] if len(ids) else pd.Categorical([]),
+        "date": forecast["ds"].to_numpy(),
+        "model": pd.Categorical.from_codes(np.zeros(len(forecast), dtype=np.int8), categories=[model]),
+    }
+    return pd.DataFrame({**keys, **{q: forecast[q].to_numpy() for q in QUANTILES}})
+
+
+def _concat_forecasts(
+    frames: list[pd.DataFrame], extra: Mapping[str, Iterable[str]] | None = None
+) -> pd.DataFrame:
+    """Forecast frames stacked with ``server_id``, ``metric`` and ``model`` as categoricals of one dtype per
+    column (every frame's values and those in ``extra``, sorted as text): groupbys, joins and sorts of the
+    stack then work on integer codes and order rows as the text would."""
+    dtypes = {}
+    for column in ("server_id", "metric", "model"):
+        names = set((extra or {}).get(column, ()))
+        for frame in frames:
+            names.update(_distinct_text(frame[column]))
+        dtypes[column] = pd.CategoricalDtype(sorted(names))
+    return pd.concat([frame.astype(dtypes) for frame in frames], ignore_index=True)
+
+
+def _distinct_text(column: pd.Series) -> list[str]:
+    """The distinct values of a text or categorical column as strings (a categorical: its categories)."""
+    values = column.cat.categories if isinstance(column.dtype, pd.CategoricalDtype) else column.unique()
+    return [str(value) for value in values]
 
 
 def _cores_per_shard(enabled: bool, metric_jobs: int, hyperparameters: dict[str, Any] | None) -> int:
@@ -1128,10 +1157,7 @@ def _fallback_forecasts(model_input: pd.DataFrame, series: pd.Index, horizon: in
     if frame.empty:
         return pd.DataFrame(columns=_FORECAST_COLUMNS)
     forecast = FORECASTERS["fallback"]().fit(frame[["unique_id", "ds", "y"]]).predict(horizon)
-    names = forecast["unique_id"].str.rsplit(_SEPARATOR, n=1, expand=True)
-    return forecast.assign(server_id=names[0], metric=names[1], model="fallback").rename(
-        columns={"ds": "date"}
-    )[_FORECAST_COLUMNS]
+    return _forecast_rows(forecast, "fallback")
 
 
 _FALLBACK_ORDER = ("ensemble", "seasonal_naive", "fallback")
@@ -1166,10 +1192,14 @@ def assemble_forecasts(  # noqa: PLR0913, PLR0917 (one argument per node input)
         ``server_id, metric, date, model, p10, p50, p90, is_selected, history_days`` with exactly one
         selected model per server and metric, starting the day after the series' last clean day.
     """
-    forecasts = tuple(_fleet_frame(p, shard_plan) for p in forecasts)
-    frame = pd.concat([f for f in forecasts if len(f)] or [pd.DataFrame(columns=_FORECAST_COLUMNS)],
-                      ignore_index=True)  # fmt: skip
     series = _series_table(model_input).set_index("unique_id")
+    frames = [_fleet_frame(p, shard_plan) for p in forecasts]
+    frame = _concat_forecasts(
+        [f for f in frames if len(f)] or [pd.DataFrame(columns=_FORECAST_COLUMNS)],
+        {"server_id": series["server_id"], "metric": series["metric"], "model": ("ensemble", "fallback")},
+    )
+    del frames, forecasts
+    key_dtypes = {key: frame[key].dtype for key in ("server_id", "metric", "model")}
     by_series = series.set_index(["server_id", "metric"])
     last_day = model_input.groupby("unique_id", sort=True, observed=True)["ds"].max()
     last_day = pd.Series(last_day.to_numpy(), index=by_series.index)
@@ -1181,33 +1211,42 @@ def assemble_forecasts(  # noqa: PLR0913, PLR0917 (one argument per node input)
 
     frame = calibrated(frame)
     ensemble = ensemble_quantiles(frame, ensemble_members, ["server_id", "metric", "date"])
-    frame = pd.concat([frame, calibrated(ensemble[frame.columns])], ignore_index=True)
-    covered = frame[["server_id", "metric"]].drop_duplicates().assign(_any=True)
+    frame = pd.concat([frame, calibrated(ensemble[frame.columns].astype(key_dtypes))], ignore_index=True)
+    covered = _key_combinations(frame, ["server_id", "metric"])[0].assign(_any=True)
     uncovered = series.reset_index().merge(covered, how="left", on=["server_id", "metric"])
     needs_fallback = pd.Index(uncovered.loc[uncovered["_any"].isna(), "unique_id"])
     wanted = model_selection.loc[model_selection["model"] == "fallback", ["server_id", "metric"]]
     wanted_ids = pd.Index(wanted["server_id"] + _SEPARATOR + wanted["metric"])
     fallback = _fallback_forecasts(model_input, needs_fallback.union(wanted_ids), horizon)
-    frame = pd.concat([frame, fallback], ignore_index=True) if len(fallback) else frame
-    available = frame[["server_id", "metric", "model"]].drop_duplicates()
-    choice = model_selection[["server_id", "metric", "model"]]
+    if len(fallback):
+        frame = pd.concat([frame, fallback.astype(key_dtypes)], ignore_index=True)
+    available, combination = _key_combinations(frame, ["server_id", "metric", "model"])
+    choice = model_selection[["server_id", "metric", "model"]].astype(str)
     candidates = pd.concat(
         [choice.assign(rank=0)] + [choice.assign(model=m, rank=i + 1) for i, m in enumerate(_FALLBACK_ORDER)]
     ).merge(available, on=["server_id", "metric", "model"])
-    chosen = candidates.sort_values("rank").drop_duplicates(["server_id", "metric"])
+    chosen = candidates.sort_values("rank", kind="stable").drop_duplicates(["server_id", "metric"])
     replaced = chosen[chosen["rank"] > 0]
     if len(replaced):
         logger.warning("%d series lack their selected model's forecast: %s", len(replaced),
                        replaced["model"].value_counts().to_dict())  # fmt: skip
-    frame = frame.merge(chosen[["server_id", "metric", "model"]].assign(is_selected=True), how="left",
-                        on=["server_id", "metric", "model"])  # fmt: skip
-    frame["is_selected"] = frame["is_selected"].fillna(False).astype(bool)
-    counts = frame[frame["is_selected"]].groupby(["server_id", "metric"])["model"].nunique()
-    if (counts != 1).any() or len(counts) != frame.groupby(["server_id", "metric"]).ngroups:
+    is_chosen = pd.MultiIndex.from_frame(available).isin(pd.MultiIndex.from_frame(chosen[available.columns]))
+    per_series = available[is_chosen].groupby(["server_id", "metric"]).size()
+    series_forecast = len(available[["server_id", "metric"]].drop_duplicates())
+    if (per_series != 1).any() or len(per_series) != series_forecast:
         raise ValueError("every server and metric needs exactly one selected model")
+    frame["is_selected"] = is_chosen[combination]
     frame["history_days"] = np.nan_to_num(_at_series(frame, by_series["history_days"])).astype("int64")
     frame = frame.sort_values(["server_id", "metric", "model", "date"], ignore_index=True)
     return frame[[*_FORECAST_COLUMNS, "is_selected", "history_days"]]
+
+
+def _key_combinations(frame: pd.DataFrame, keys: list[str]) -> tuple[pd.DataFrame, np.ndarray]:
+    """The distinct combinations of ``keys`` in ``frame`` (as text) and, per row, its combination's row in
+    them: one lookup per combination instead of joining the rows themselves."""
+    ids = group_ids(frame, keys)
+    _, first_rows = np.unique(ids, return_index=True)
+    return frame[keys].iloc[first_rows].astype(str).reset_index(drop=True), ids
 
 
 def collect_backtest_forecasts(
