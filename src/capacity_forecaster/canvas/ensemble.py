@@ -5,6 +5,7 @@ import logging
 import numpy as np
 import pandas as pd
 
+from capacity_forecaster.keys import group_ids, in_lexical_order, key_combinations
 from capacity_forecaster.schema import QUANTILES
 
 from .output import FORECAST_COLUMNS
@@ -45,7 +46,7 @@ def ensemble_weights(
     Returns:
         Frame ``server_id``, ``metric``, ``model``, ``score``, ``weight`` (weights sum to 1 per series).
     """
-    candidates = forecasts[[*KEYS, "model"]].drop_duplicates()
+    candidates = key_combinations(forecasts, [*KEYS, "model"])[0]
     if weight_metric in model_metrics.columns and set(KEYS + ["model"]).issubset(model_metrics.columns):
         scores = (
             common_folds(model_metrics)
@@ -83,15 +84,25 @@ def ensemble_forecasts(
     """Combines the candidates' p10/p50/p90 with ``weights`` (weighted quantile averaging).
 
     A weighted mean of ordered quantiles stays ordered and inside [0, 100]; the result is clipped anyway.
+    Weights are looked up once per series and model and summed per day with integer group ids: the
+    candidates of a 10,000-server fleet are ~15 M rows.
 
     Returns:
-        Forecast rows in the ``forecasts`` schema with ``model`` = ``model`` and ``is_selected`` False.
+        Forecast rows in the ``forecasts`` schema with ``model`` = ``model`` and ``is_selected`` False,
+        sorted by server, metric (as text) and date.
     """
-    merged = forecasts.merge(weights[[*KEYS, "model", "weight"]], on=[*KEYS, "model"], how="inner")
-    weighted = merged[[*KEYS, "date"]].assign(**{q: merged[q] * merged["weight"] for q in QUANTILES})
-    combined = weighted.groupby([*KEYS, "date"], as_index=False)[list(QUANTILES)].sum()
-    values = np.sort(np.clip(combined[list(QUANTILES)].to_numpy(float), 0.0, 100.0), axis=1)
-    combined[list(QUANTILES)] = values
+    combinations, combination = key_combinations(forecasts, [*KEYS, "model"])
+    table = weights[[*KEYS, "model", "weight"]].astype(dict.fromkeys([*KEYS, "model"], "str"))
+    weight = combinations.merge(table, on=[*KEYS, "model"], how="left")["weight"].to_numpy(float)[combination]
+    used = ~np.isnan(weight)
+    rows = forecasts.loc[used, [*KEYS, "date"]].reset_index(drop=True)
+    day = group_ids(rows, [*KEYS, "date"])
+    _, first_rows = np.unique(day, return_index=True)
+    weighted = forecasts[list(QUANTILES)].to_numpy(float)[used] * weight[used, None]
+    sums = np.column_stack([np.bincount(day, weights=np.nan_to_num(column)) for column in weighted.T])
+    combined = rows.iloc[first_rows].reset_index(drop=True)
+    combined[list(QUANTILES)] = np.sort(np.clip(sums.reshape(-1, len(QUANTILES)), 0.0, 100.0), axis=1)
     combined["model"] = model
     combined["is_selected"] = False
-    return combined.sort_values([*KEYS, "date"], kind="stable").reset_index(drop=True)[FORECAST_COLUMNS]
+    combined = combined.sort_values([*KEYS, "date"], key=in_lexical_order, kind="stable", ignore_index=True)
+    return combined[FORECAST_COLUMNS]

@@ -3,6 +3,8 @@
 import numpy as np
 import pandas as pd
 
+from capacity_forecaster.keys import common_categories
+
 KEYS = ["server_id", "metric"]
 
 
@@ -83,7 +85,8 @@ def score_forecasts(forecasts: pd.DataFrame, actuals: pd.DataFrame, scale: pd.Da
         One row per model: ``model``, ``smape``, ``mase``, ``coverage_p10_p90``, ``n_series``, ``n_points``.
     """
     columns = ["model", "smape", "mase", "coverage_p10_p90", "n_series", "n_points"]
-    actuals = actuals.dropna(subset=["actual"])
+    # one categorical dtype per key across the three frames: the joins below then match integer codes
+    forecasts, actuals, scale = common_categories([forecasts, actuals.dropna(subset=["actual"]), scale], KEYS)
     model_codes, models = pd.factorize(forecasts["model"], sort=True)
     rows = [_score_model(forecasts.loc[model_codes == code], actuals, scale) for code in range(len(models))]
     rows = [row for row in rows if row is not None]

@@ -3,6 +3,7 @@
 import numpy as np
 import pandas as pd
 
+from capacity_forecaster.keys import in_lexical_order
 from capacity_forecaster.schema import METRICS
 
 
@@ -19,7 +20,7 @@ def series_codes(server_id: pd.Series, metric: pd.Series) -> tuple[np.ndarray, p
     Returns:
         The series code of every row, and the keys of each code (sorted by server, then METRICS order).
     """
-    server_codes, servers = pd.factorize(_in_lexical_order(server_id), sort=True)
+    server_codes, servers = pd.factorize(in_lexical_order(server_id), sort=True)
     metric_codes, metrics = pd.factorize(metric)
     known = {metric: rank for rank, metric in enumerate(METRICS)}
     order = sorted(range(len(metrics)), key=lambda i: (known.get(metrics[i], len(METRICS)), str(metrics[i])))
@@ -36,17 +37,6 @@ def series_codes(server_id: pd.Series, metric: pd.Series) -> tuple[np.ndarray, p
         }
     ).astype({"server_id": "str", "metric": "str"})
     return dense[combined], keys
-
-
-def _in_lexical_order(keys: pd.Series) -> pd.Series:
-    """A categorical with its categories sorted, so ``factorize(sort=True)`` orders it like strings.
-
-    The catalog loads ``clean_server_metrics`` keys as categoricals whose categories come in file order (shard
-    by shard), and a categorical factorizes in the order of its categories.
-    """
-    if isinstance(keys.dtype, pd.CategoricalDtype) and not keys.cat.categories.is_monotonic_increasing:
-        return keys.cat.reorder_categories(keys.cat.categories.sort_values())
-    return keys
 
 
 def day_numbers(dates: pd.Series | pd.DatetimeIndex | np.ndarray) -> np.ndarray:

@@ -18,6 +18,7 @@ from capacity_forecaster.canvas.metrics import score_forecasts, seasonal_naive_s
 from capacity_forecaster.canvas.output import FORECAST_COLUMNS, make_item_id, split_item_id
 from capacity_forecaster.canvas.requests import ITEM_ID, TARGET, TIMESTAMP, AutopilotSettings
 from capacity_forecaster.canvas.transform_input import add_future_regressors
+from capacity_forecaster.keys import common_categories
 from capacity_forecaster.schema import METRICS, QUANTILES
 
 logger = logging.getLogger(__name__)
@@ -386,9 +387,14 @@ def compare_canvas_forecasts(  # noqa: PLR0917
     canvas_model = str(canvas_run.get("model", "canvas_local"))
     # the history's scale first: its passes over the long history never overlap the candidates in memory
     scale = seasonal_naive_scale(clean_server_metrics[[*KEYS, "date", "value"]])
+    # one categorical dtype per key for both frames: the join and the scoring then match integer codes
+    canvas_forecasts, forecasts = common_categories(
+        [canvas_forecasts, forecasts], [*KEYS, "model"], {"model": ["selected"]}
+    )
     keys = canvas_forecasts[[*KEYS, "date"]].drop_duplicates()
     others = forecasts.merge(keys, on=[*KEYS, "date"], how="inner")
     selected = others[others["is_selected"].astype(bool)].assign(model="selected")
+    selected = selected.astype({"model": others["model"].dtype})
     candidates = pd.concat([canvas_forecasts, others, selected], ignore_index=True)
     del others, selected
     actuals = _actuals(future_metrics)

@@ -7,7 +7,7 @@ models are fitted once per metric across all servers.
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -16,6 +16,7 @@ from joblib import Parallel, cpu_count, delayed
 from sklearn.base import clone
 
 from capacity_forecaster.calendar import calendar_features
+from capacity_forecaster.keys import common_categories, group_ids, key_combinations
 from capacity_forecaster.models import FORECASTERS, BaseForecaster
 from capacity_forecaster.models.backtest import (
     choose_models,
@@ -31,7 +32,6 @@ from capacity_forecaster.models.base import QUANTILE_LEVELS
 from capacity_forecaster.models.intervals import (
     apply_weekly_scales,
     ensemble_quantiles,
-    group_ids,
     horizon_weeks,
     interval_ratio,
     scale_interval,
@@ -493,25 +493,10 @@ def _forecast_rows(forecast: pd.DataFrame, model: str) -> pd.DataFrame:
     return pd.DataFrame({**keys, **{q: forecast[q].to_numpy() for q in QUANTILES}})
 
 
-def _concat_forecasts(
-    frames: list[pd.DataFrame], extra: Mapping[str, Iterable[str]] | None = None
-) -> pd.DataFrame:
-    """Forecast frames stacked with ``server_id``, ``metric`` and ``model`` as categoricals of one dtype per
-    column (every frame's values and those in ``extra``, sorted as text): groupbys, joins and sorts of the
-    stack then work on integer codes and order rows as the text would."""
-    dtypes = {}
-    for column in ("server_id", "metric", "model"):
-        names = set((extra or {}).get(column, ()))
-        for frame in frames:
-            names.update(_distinct_text(frame[column]))
-        dtypes[column] = pd.CategoricalDtype(sorted(names))
-    return pd.concat([frame.astype(dtypes) for frame in frames], ignore_index=True)
-
-
-def _distinct_text(column: pd.Series) -> list[str]:
-    """The distinct values of a text or categorical column as strings (a categorical: its categories)."""
-    values = column.cat.categories if isinstance(column.dtype, pd.CategoricalDtype) else column.unique()
-    return [str(value) for value in values]
+def _concat_forecasts(frames: list[pd.DataFrame], extra: dict[str, list[str]] | None = None) -> pd.DataFrame:
+    """Forecast frames stacked with ``server_id``, ``metric`` and ``model`` as categoricals of one dtype each
+    (``keys.common_categories``): groupbys, joins and sorts of the stack then work on integer codes."""
+    return pd.concat(common_categories(frames, ["server_id", "metric", "model"], extra), ignore_index=True)
 
 
 def _cores_per_shard(enabled: bool, metric_jobs: int, hyperparameters: dict[str, Any] | None) -> int:
@@ -1196,7 +1181,7 @@ def assemble_forecasts(  # noqa: PLR0913, PLR0917 (one argument per node input)
     frames = [_fleet_frame(p, shard_plan) for p in forecasts]
     frame = _concat_forecasts(
         [f for f in frames if len(f)] or [pd.DataFrame(columns=_FORECAST_COLUMNS)],
-        {"server_id": series["server_id"], "metric": series["metric"], "model": ("ensemble", "fallback")},
+        {"server_id": series["server_id"], "metric": series["metric"], "model": ["ensemble", "fallback"]},
     )
     del frames, forecasts
     key_dtypes = {key: frame[key].dtype for key in ("server_id", "metric", "model")}
@@ -1212,7 +1197,7 @@ def assemble_forecasts(  # noqa: PLR0913, PLR0917 (one argument per node input)
     frame = calibrated(frame)
     ensemble = ensemble_quantiles(frame, ensemble_members, ["server_id", "metric", "date"])
     frame = pd.concat([frame, calibrated(ensemble[frame.columns].astype(key_dtypes))], ignore_index=True)
-    covered = _key_combinations(frame, ["server_id", "metric"])[0].assign(_any=True)
+    covered = key_combinations(frame, ["server_id", "metric"])[0].assign(_any=True)
     uncovered = series.reset_index().merge(covered, how="left", on=["server_id", "metric"])
     needs_fallback = pd.Index(uncovered.loc[uncovered["_any"].isna(), "unique_id"])
     wanted = model_selection.loc[model_selection["model"] == "fallback", ["server_id", "metric"]]
@@ -1220,7 +1205,7 @@ def assemble_forecasts(  # noqa: PLR0913, PLR0917 (one argument per node input)
     fallback = _fallback_forecasts(model_input, needs_fallback.union(wanted_ids), horizon)
     if len(fallback):
         frame = pd.concat([frame, fallback.astype(key_dtypes)], ignore_index=True)
-    available, combination = _key_combinations(frame, ["server_id", "metric", "model"])
+    available, combination = key_combinations(frame, ["server_id", "metric", "model"])
     choice = model_selection[["server_id", "metric", "model"]].astype(str)
     candidates = pd.concat(
         [choice.assign(rank=0)] + [choice.assign(model=m, rank=i + 1) for i, m in enumerate(_FALLBACK_ORDER)]
@@ -1239,14 +1224,6 @@ def assemble_forecasts(  # noqa: PLR0913, PLR0917 (one argument per node input)
     frame["history_days"] = np.nan_to_num(_at_series(frame, by_series["history_days"])).astype("int64")
     frame = frame.sort_values(["server_id", "metric", "model", "date"], ignore_index=True)
     return frame[[*_FORECAST_COLUMNS, "is_selected", "history_days"]]
-
-
-def _key_combinations(frame: pd.DataFrame, keys: list[str]) -> tuple[pd.DataFrame, np.ndarray]:
-    """The distinct combinations of ``keys`` in ``frame`` (as text) and, per row, its combination's row in
-    them: one lookup per combination instead of joining the rows themselves."""
-    ids = group_ids(frame, keys)
-    _, first_rows = np.unique(ids, return_index=True)
-    return frame[keys].iloc[first_rows].astype(str).reset_index(drop=True), ids
 
 
 def collect_backtest_forecasts(
