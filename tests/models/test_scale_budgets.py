@@ -162,7 +162,8 @@ def test_long_frame_check_sorts_unsorted_input_and_keeps_sorted_input_as_is():
 
 
 def test_selection_never_picks_a_model_for_a_series_it_did_not_forecast():
-    # prophet (budgeted) backtested only server a; it is far better there, but b and c must not get it
+    # prophet (budgeted) backtested only server a; it is far better there, but b and c must not get it, nor
+    # d (no backtest of its own: its group's choice among the models backtested on every server)
     rows = [("a", "prophet", 0.5), ("a", "seasonal_naive", 1.0), ("a", "ensemble", 0.9)]
     rows += [(s, m, v) for s in "bc" for m, v in (("seasonal_naive", 1.0), ("ensemble", 0.9))]
     metrics = pd.DataFrame(
@@ -170,13 +171,14 @@ def test_selection_never_picks_a_model_for_a_series_it_did_not_forecast():
         columns=["server_id", "metric", "model", "fold", "mase"],
     ).assign(archetype="web", coverage=0.8)
     model_input = pd.DataFrame(
-        {"server_id": list("abc"), "metric": "cpu_p95", "archetype": "web", "history_days": 400}
+        {"server_id": list("abcd"), "metric": "cpu_p95", "archetype": "web", "history_days": 400}
     )
     model_input["unique_id"] = model_input["server_id"] + "|cpu_p95"
     plan = {"origin_offsets_days": [200, 100], "horizon": 90}
     chosen = select_models(metrics, model_input, plan, "mase", 0.8, 0.05, 0.65, 28).set_index("server_id")
     assert chosen.loc["a", "model"] == "prophet"
-    assert set(chosen.loc[["b", "c"], "model"]) == {"ensemble"}
+    assert set(chosen.loc[["b", "c", "d"], "model"]) == {"ensemble"}
+    assert chosen.loc["d", "basis"] == "group"
 
 
 def test_the_leaderboard_records_what_a_budgeted_model_was_fitted_on():

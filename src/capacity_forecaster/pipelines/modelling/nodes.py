@@ -929,6 +929,14 @@ def _series_means(common: pd.DataFrame, selection_metric: str, min_coverage: flo
     return common.groupby(keys, as_index=False)[selection_metric].mean().dropna(subset=[selection_metric])
 
 
+def _fleet_wide(means: pd.DataFrame) -> pd.DataFrame:
+    """The rows of the models backtested on every backtested series of their metric. A model on a series
+    budget (``max_series``) forecasts only the series it was given, so it cannot be the group choice for
+    series without a backtest of their own."""
+    per_model = means.groupby(["metric", "model"])["server_id"].transform("nunique")
+    return means[per_model == means.groupby("metric")["server_id"].transform("nunique")]
+
+
 def select_models(  # noqa: PLR0913, PLR0917 (one argument per node input)
     model_metrics: pd.DataFrame,
     model_input: pd.DataFrame,
@@ -982,7 +990,8 @@ def select_models(  # noqa: PLR0913, PLR0917 (one argument per node input)
         evidence = independent_folds([offsets[f] for f in common["fold"].unique()], backtest_plan["horizon"])
         margin = evidence_margin(ensemble_margin, evidence, backtest_plan["horizon"])
         chosen = choose_models(means, selection_metric, pooling, evidence, margin).assign(basis="backtest")
-        groups = means.groupby(["archetype", "metric", "model"], as_index=False)[selection_metric].mean()
+        by_archetype = _fleet_wide(means).groupby(["archetype", "metric", "model"], as_index=False)
+        groups = by_archetype[selection_metric].mean()
         group_choice = choose_models(
             groups.assign(server_id=groups["archetype"]), selection_metric, 1.0, 0, margin
         )
@@ -1213,8 +1222,9 @@ def assemble_forecasts(  # noqa: PLR0913, PLR0917 (one argument per node input)
     chosen = candidates.sort_values("rank", kind="stable").drop_duplicates(["server_id", "metric"])
     replaced = chosen[chosen["rank"] > 0]
     if len(replaced):
-        logger.warning("%d series lack their selected model's forecast: %s", len(replaced),
-                       replaced["model"].value_counts().to_dict())  # fmt: skip
+        missing = choice.merge(replaced[["server_id", "metric"]])["model"].value_counts().to_dict()
+        logger.warning("%d series lack their selected model's forecast (%s); they get %s instead",
+                       len(replaced), missing, replaced["model"].value_counts().to_dict())  # fmt: skip
     is_chosen = pd.MultiIndex.from_frame(available).isin(pd.MultiIndex.from_frame(chosen[available.columns]))
     per_series = available[is_chosen].groupby(["server_id", "metric"]).size()
     series_forecast = len(available[["server_id", "metric"]].drop_duplicates())
