@@ -7,6 +7,7 @@ once, so only one shard (or one chunk of the raw export) is in memory at a time.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Mapping
 from functools import partial
 from pathlib import PurePosixPath
@@ -127,10 +128,12 @@ class ShardedParquetDataset(ParquetDataset):
     """``pandas.ParquetDataset`` (one Parquet file, loaded as one frame) that can be saved shard by shard too.
 
     Saving a ``DataFrame`` works as in ``pandas.ParquetDataset``. Saving ``{"shard-<i>-of-<K>": frame}``
-    writes that shard to ``<file>.parts/``; saving shard ``K`` then copies the parts, row group by row group,
-    into the file and removes them. A generator node can so write a fleet-sized table while holding one shard
-    in memory, every consumer still loads one ordinary Parquet file, and each save is complete in itself (the
-    cloud env's guard commits every save in its own S3 transaction). Shards must come in order ``1..K``; empty
+    on a local disk appends that shard to ``<file>.partial`` through one writer kept open from shard 1 to K
+    (each shard encoded once), which becomes the file with shard ``K``. On an object store (S3) each save must
+    be complete in itself (the cloud env's guard commits every save in its own S3 transaction): a shard is
+    written to ``<file>.parts/`` and saving shard ``K`` copies the parts, row group by row group, into the
+    file and removes them. Either way a generator node writes a fleet-sized table while holding one shard in
+    memory, and every consumer loads one ordinary Parquet file. Shards must come in order ``1..K``; empty
     frames add nothing. ``save_args`` apply to both ways of saving (``pyarrow.parquet`` writer options such as
     ``use_dictionary`` and ``compression``; ``index`` is ignored when saving shards: they never keep one).
 
@@ -145,6 +148,7 @@ class ShardedParquetDataset(ParquetDataset):
         """Takes the arguments of ``kedro_datasets.pandas.ParquetDataset``."""
         super().__init__(**kwargs)
         self._next_shard: tuple[int, int] | None = None  # (expected index, K) while shards are being saved
+        self._writer: pq.ParquetWriter | None = None  # local disk: the open ``<file>.partial`` of shards 1..K
 
     def save(self, data: pd.DataFrame | Mapping[str, pd.DataFrame]) -> None:
         """Saves a frame, or one shard (``{shard_name: frame}``); the file is written with shard K."""
@@ -159,13 +163,17 @@ class ShardedParquetDataset(ParquetDataset):
         expected = self._next_shard or (1, shards)
         if (index, shards) != expected:
             self._next_shard = None
+            self._close_writer()
             raise ValueError(f"{self._filepath}: got {name}, expected {expected} (shards are saved in order)")
         path = get_filepath_str(self._get_save_path(), self._protocol)
+        last = pa.Table.from_pandas(frame, preserve_index=False) if not frame.empty else None
+        self._next_shard = None if index == shards else (index + 1, shards)
+        if self._protocol == "file":
+            self._append_local(path, last, first=index == 1, final=index == shards)
+            return
         parts = f"{path}.parts"
         if index == 1 and self._fs.exists(parts):
             self._fs.rm(parts, recursive=True)  # an interrupted run's parts
-        last = pa.Table.from_pandas(frame, preserve_index=False) if not frame.empty else None
-        self._next_shard = None if index == shards else (index + 1, shards)
         # the last shard is written with the file: a part saved now would not be visible in an S3 transaction
         if index == shards:
             self._combine(parts, path, last)
@@ -173,6 +181,30 @@ class ShardedParquetDataset(ParquetDataset):
             self._fs.makedirs(parts, exist_ok=True)
             with self._fs.open(f"{parts}/{name}.parquet", mode="wb") as stream:
                 pq.write_table(last, stream, **self._writer_options())
+
+    def _append_local(self, path: str, table: pa.Table | None, first: bool, final: bool) -> None:
+        """Appends a shard to ``<path>.partial`` (a new file at shard 1), renamed to ``path`` at shard K."""
+        partial = f"{path}.partial"
+        if first:
+            self._close_writer()  # an interrupted sequence of this instance
+            if self._fs.exists(partial):  # unlinked, not truncated: a writer still open on it writes aside
+                self._fs.rm(partial)
+        if table is not None:
+            if self._writer is None:
+                self._fs.makedirs(str(PurePosixPath(path).parent), exist_ok=True)
+                self._writer = pq.ParquetWriter(partial, table.schema, **self._writer_options())
+            self._writer.write_table(table.cast(self._writer.schema))
+        if final:
+            if self._writer is None:
+                raise ValueError(f"{self._filepath}: every shard was empty, nothing to write")
+            self._close_writer()
+            os.replace(partial, path)
+            logger.info("Wrote %s shard by shard", path)
+
+    def _close_writer(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
 
     def _writer_options(self) -> dict[str, Any]:
         """``save_args`` as ``pyarrow.parquet`` writer options (without pandas' ``index``)."""

@@ -1,6 +1,7 @@
 """etl sharding: every raw row lands in exactly one shard, K shards give the K=1 tables and a quality report
 whose shard counts add up, empty shards work, and the export can be read in bounded chunks."""
 
+import gc
 import json
 
 import pandas as pd
@@ -229,6 +230,25 @@ def test_sharded_parquet_appears_only_after_the_last_shard_and_in_order(tmp_path
         dataset.save({"shard-2-of-2": pd.DataFrame({"x": [4]})})
     dataset.save(pd.DataFrame({"x": [9]}))  # a plain frame still saves as in pandas.ParquetDataset
     assert dataset.load()["x"].tolist() == [9]
+
+
+def test_a_local_sharded_save_streams_into_one_file_and_an_interrupted_one_starts_afresh(tmp_path):
+    path = tmp_path / "out" / "table.parquet"
+    interrupted = ShardedParquetDataset(filepath=str(path))
+    interrupted.save({"shard-1-of-3": pd.DataFrame({"x": [1, 2]})})
+    assert (tmp_path / "out" / "table.parquet.partial").exists() and not path.exists()
+    dataset = ShardedParquetDataset(filepath=str(path))  # the next run: a new instance
+    dataset.save({"shard-1-of-2": pd.DataFrame({"x": [5]})})
+    with pytest.raises(DatasetError, match="got shard-1-of-3, expected"):
+        dataset.save({"shard-1-of-3": pd.DataFrame({"x": [6]})})
+    dataset.save({"shard-1-of-2": pd.DataFrame({"x": [7]})})  # after the error, a new sequence
+    dataset.save({"shard-2-of-2": pd.DataFrame({"x": [8, 9]})})
+    del interrupted  # its writer, still open on the old partial file, closes now
+    gc.collect()
+    assert dataset.load()["x"].tolist() == [7, 8, 9]
+    assert sorted(p.name for p in path.parent.iterdir()) == ["table.parquet"]
+    with pytest.raises(DatasetError, match="every shard was empty"):
+        dataset.save({"shard-1-of-1": pd.DataFrame()})
 
 
 def test_save_args_apply_to_a_sharded_save_as_to_a_plain_one(tmp_path):
