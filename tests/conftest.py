@@ -10,6 +10,13 @@ from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
 
 PROJECT_PATH = Path(__file__).resolve().parents[1]
+LONG_RUNNING = ("slow", "pypi")
+"""Markers of the tests of a minute or so: started first, so that the xdist workers end about together."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Puts the long-running tests first, otherwise keeping the collection's order (the sort is stable)."""
+    items.sort(key=lambda item: not any(item.get_closest_marker(name) for name in LONG_RUNNING))
 
 
 @pytest.fixture(autouse=True)

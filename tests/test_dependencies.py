@@ -5,6 +5,7 @@ than one version of a package. The tests marked ``pypi`` resolve against the pac
 """
 
 import importlib.util
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -105,8 +106,22 @@ def test_stale_lock_is_named(tmp_path: Path):
     ]
 
 
+def _project_copy(folder: Path) -> Path:
+    """What pip reads to resolve the project (pyproject.toml, README.md, src/), copied into ``folder``.
+
+    pip's editable resolution runs setuptools' egg_info, which rewrites ``src/*.egg-info``: on a copy, so
+    that tests running at the same time never see the work tree's metadata half written.
+    """
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(PROJECT_PATH / name, folder / name)
+    shutil.copytree(
+        PROJECT_PATH / "src", folder / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info")
+    )
+    return folder
+
+
 @pytest.mark.pypi
-def test_test_extras_resolve_without_backtracking():
+def test_test_extras_resolve_without_backtracking(tmp_path: Path):
     """``pip install -e ".[test]"`` (what CI installs) fetches each package once."""
-    result = _run_tool("check", "--extras", "test")
+    result = _run_tool("check", "--target", str(_project_copy(tmp_path)), "--extras", "test")
     assert result.returncode == 0, result.stdout + result.stderr

@@ -22,7 +22,8 @@ from kedro.framework.startup import bootstrap_project
 
 from tests.conftest import PROJECT_PATH
 
-pytestmark = pytest.mark.slow
+# One worker under xdist: the module fixtures (fleet, piped run) are runs of a minute not to repeat.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("first_run")]
 
 FLEET = {"data_generation": {"n_servers": 8, "history_days": 400}}
 CHEAP_MODELS = ",".join(

@@ -61,6 +61,7 @@ def prepared() -> Iterator[tuple[Path, set[str]]]:
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("notebooks")  # one worker prepares the pipelines' outputs, once
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_runs(path: Path, prepared: tuple[Path, set[str]]):
     data_root, registered = prepared

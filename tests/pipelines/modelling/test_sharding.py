@@ -163,6 +163,7 @@ def one_and_four_shards(tmp_path_factory) -> dict[int, dict]:
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("one_and_four_shards")  # one worker runs the fixture
 def test_four_shards_select_and_forecast_like_one(one_and_four_shards):
     one, four = one_and_four_shards[1], one_and_four_shards[4]
     assert one["model_leaderboard"]["shards"] == {"shards": 1, "servers": {"shard-1-of-1": 6}}
@@ -183,6 +184,7 @@ def _scores(records: list[dict]) -> pd.DataFrame:
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("one_and_four_shards")  # one worker runs the fixture
 def test_the_merge_is_complete_with_an_empty_shard(one_and_four_shards):
     four = one_and_four_shards[4]
     servers = four["model_leaderboard"]["shards"]["servers"]
