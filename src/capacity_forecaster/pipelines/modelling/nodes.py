@@ -215,10 +215,8 @@ def _own_categories(frame: pd.DataFrame) -> pd.DataFrame:
 def _at_series(frame: pd.DataFrame, values: pd.Series) -> np.ndarray:
     """``values`` (indexed by ``server_id, metric``) at each row of ``frame`` (NaN/NaT where absent); one
     lookup per series, not per row."""
-    ids = group_ids(frame, ["server_id", "metric"])
-    _, first_rows = np.unique(ids, return_index=True)
-    keys = pd.MultiIndex.from_frame(frame[["server_id", "metric"]].iloc[first_rows].astype(str))
-    return values.reindex(keys).to_numpy()[ids]
+    series, ids = key_combinations(frame, ["server_id", "metric"])
+    return values.reindex(pd.MultiIndex.from_frame(series)).to_numpy()[ids]
 
 
 def _series_table(model_input: pd.DataFrame) -> pd.DataFrame:
